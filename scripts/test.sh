@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: creates the environments (scripts/setup_envs.sh), then runs each part in the environment
+# of the serving image it mirrors. Extra arguments go to every pytest run (e.g. -x, -k name).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_envs.sh
+export PYTHONDONTWRITEBYTECODE=1
+status=0
+run() {  # label, python, pytest args...
+  local label=$1 python=$2; shift 2
+  echo "=== $label"
+  "$python" -m pytest -p no:cacheprovider "$@" || status=1
+}
+run "main environment: vLLM engine, argument model, Pulumi program" .venv/bin/python tests --engine vllm "$@"
+exit $status

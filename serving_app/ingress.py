@@ -1,0 +1,153 @@
+"""The Ray Serve application: one deployment that owns an engine and serves the HTTP API.
+
+A Serve config (KubeRay's serveConfigV2) deploys it with `import_path: serving_app:typed_app_builder` and the
+`args` that `serving_app.serve_args.ServeArgs` validates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve import Application
+
+from .api import APIError, OpenAIAPI
+from .engines import create_engine
+from .engines.base import EngineDeadError
+from .serve_args import ServeArgs, parse_serve_args
+
+logger = logging.getLogger("ray.serve")
+
+app = FastAPI(title="serving_app", docs_url=None, redoc_url=None)
+
+
+class _BarePrefixIsRoot:
+    """`POST /cpu` (no trailing slash) reaches the legacy route at `/cpu/` instead of a 307 redirect, which
+    clients following it would turn into a GET. Plain ASGI: a BaseHTTPMiddleware would buffer streams."""
+
+    def __init__(self, asgi_app: Any):
+        self.asgi_app = asgi_app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("root_path") and scope["path"] == scope["root_path"]:
+            scope = {**scope, "path": scope["path"] + "/"}
+        await self.asgi_app(scope, receive, send)
+
+
+app.add_middleware(_BarePrefixIsRoot)
+
+
+@app.exception_handler(APIError)
+async def _api_error(_: Request, error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+@app.exception_handler(EngineDeadError)
+async def _engine_dead(_: Request, error: EngineDeadError) -> JSONResponse:
+    body = APIError(503, str(error), type_="server_error", code="engine_dead").body()
+    return JSONResponse(body, status_code=503)
+
+
+_JSON = "application/json"
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _json(payload: Any) -> Response:
+    import json
+
+    return Response(json.dumps(payload, separators=(",", ":")), media_type=_JSON)
+
+
+@serve.deployment(
+    name="LLMServer",
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=30,
+)
+@serve.ingress(app)
+class LLMServer:
+    async def __init__(self, raw_args: dict[str, Any]):
+        self.args = ServeArgs.model_validate(raw_args)
+        self.engine = create_engine(self.args)
+        logger.info("starting %s engine for %s", self.args.engine.value, self.args.model_name)
+        await self.engine.start()
+        self.api = OpenAIAPI(self.engine, self.args)
+
+    async def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica unhealthy so it is replaced."""
+        await self.engine.check_health()
+
+    @app.get("/health")
+    async def health(self) -> Response:
+        try:
+            await self.engine.check_health()
+        except EngineDeadError as error:
+            return JSONResponse({"status": "dead", "error": str(error)}, status_code=503)
+        stats = self.engine.stats()
+        return _json({"status": "ok", "running_requests": stats.running_requests,
+                      "waiting_requests": stats.waiting_requests, **stats.extra})
+
+    @app.get("/v1/models")
+    async def models(self) -> Response:
+        return _json(self.api.models())
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        body, generation = self.api.completion_request(await request.body())
+        if body.stream:
+            return StreamingResponse(self.api.completion_stream(body, generation), media_type="text/event-stream",
+                                     headers=_SSE_HEADERS)
+        return _json(await self.api.completion(generation))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        body, generation = self.api.chat_request(await request.body())
+        if body.stream:
+            return StreamingResponse(self.api.chat_stream(body, generation), media_type="text/event-stream",
+                                     headers=_SSE_HEADERS)
+        return _json(await self.api.chat(generation))
+
+    @app.post("/")
+    async def legacy(self, request: Request) -> Response:
+        """The reference's `{"prompt": ...}` contract, kept for its existing chatbot client."""
+        body, generations = self.api.legacy_requests(await request.body())
+        if body.stream:
+            return StreamingResponse(self.api.legacy_stream(generations[0]), media_type="application/x-ndjson")
+        return _json(await self.api.legacy(generations))
+
+    async def __del__(self):
+        engine = getattr(self, "engine", None)  # absent when __init__ failed
+        if engine is not None:
+            await engine.shutdown()
+
+
+def deployment_options(args: ServeArgs) -> dict[str, Any]:
+    """Replica count, concurrency and the resources each replica reserves, engine GPUs included."""
+    actor_options: dict[str, Any] = {"num_cpus": args.num_cpus}
+    if args.resources:
+        actor_options["resources"] = dict(args.resources)
+    options: dict[str, Any] = {
+        "num_replicas": args.num_replicas,
+        "max_ongoing_requests": args.max_ongoing_requests,
+        # Ongoing requests are what the engine batches; queueing beyond them waits in the proxy.
+        "max_queued_requests": -1,
+    }
+    if args.tensor_parallel_size > 1:
+        # vLLM's Ray workers take the GPU bundles; the replica itself only needs the first bundle's CPUs. One node:
+        # tensor parallelism across nodes is slower than across NVLink.
+        head_bundle = {"CPU": args.num_cpus, **args.resources}
+        options["placement_group_bundles"] = [head_bundle] + [{"GPU": 1.0}] * args.tensor_parallel_size
+        options["placement_group_strategy"] = "STRICT_PACK"
+    elif args.gpu_count:
+        actor_options["num_gpus"] = args.gpu_count
+    options["ray_actor_options"] = actor_options
+    return options
+
+
+def typed_app_builder(raw_args: dict[str, Any]) -> Application:
+    """Serve's application builder: validates `args` before anything starts, so a typo fails the deploy."""
+    args = parse_serve_args(dict(raw_args or {}))
+    return LLMServer.options(**deployment_options(args)).bind(args.model_dump(mode="json"))

@@ -1,0 +1,138 @@
+"""Test helpers that run the serving application the way KubeRay does: a Ray head, a Serve config (import path +
+args) sent to the dashboard's REST API, and HTTP calls through Serve's proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        try:
+            return error.code, json.loads(raw)
+        except ValueError:
+            return error.code, raw.decode(errors="replace")
+
+
+class LocalRay:
+    """A Ray head on this machine, in its own temp dir, with the dashboard (Serve's REST API) on loopback."""
+
+    def __init__(self, num_cpus: int = 8, resources: dict[str, float] | None = None):
+        self.num_cpus = num_cpus
+        self.resources = resources or {}
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.serve_port = free_port()
+        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env.pop("RAY_ADDRESS", None)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self) -> "LocalRay":
+        command = [
+            str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+            "--port", str(self.gcs_port), "--num-cpus", str(self.num_cpus),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+            "--temp-dir", str(self.temp_dir), "--disable-usage-stats", "--include-dashboard", "true",
+        ]
+        if self.resources:
+            command += ["--resources", json.dumps(self.resources)]
+        subprocess.run(command, env=self.env, check=True, capture_output=True, timeout=180)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                status, _ = http_json("GET", f"{self.dashboard}/api/serve/applications/", timeout=5)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(1)
+        raise RuntimeError("Ray dashboard did not come up")
+
+    def stop(self) -> None:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def serve_config(self, applications: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "proxy_location": "HeadOnly",
+            "http_options": {"host": "127.0.0.1", "port": self.serve_port},
+            "applications": applications,
+        }
+
+    def deploy(self, config: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+        """PUT the config, as KubeRay does, and wait until every application is RUNNING."""
+        status, body = http_json("PUT", f"{self.dashboard}/api/serve/applications/", config)
+        if status != 200:
+            raise RuntimeError(f"Serve refused the config ({status}): {body}")
+        return self.wait_running([app["name"] for app in config["applications"]], timeout)
+
+    def applications(self) -> dict[str, Any]:
+        _, body = http_json("GET", f"{self.dashboard}/api/serve/applications/")
+        return (body or {}).get("applications", {})
+
+    def wait_running(self, names: list[str], timeout: float = 600) -> dict[str, Any]:
+        deadline = time.time() + timeout
+        apps: dict[str, Any] = {}
+        while time.time() < deadline:
+            apps = self.applications()
+            states = {name: apps.get(name, {}).get("status") for name in names}
+            failed = {n: apps[n].get("message") for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
+            if failed:
+                raise RuntimeError(f"applications failed to deploy: {failed}")
+            if all(state == "RUNNING" for state in states.values()):
+                return apps
+            time.sleep(2)
+        raise TimeoutError(f"applications not RUNNING after {timeout}s: "
+                           f"{ {n: apps.get(n, {}).get('status') for n in names} }")
+
+    def url(self, route_prefix: str = "/") -> str:
+        return f"http://127.0.0.1:{self.serve_port}{route_prefix.rstrip('/')}"
+
+
+@contextmanager
+def local_ray(**kwargs: Any) -> Iterator[LocalRay]:
+    ray = LocalRay(**kwargs).start()
+    try:
+        yield ray
+    finally:
+        ray.stop()
+
+
+def application(name: str, route_prefix: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "route_prefix": route_prefix, "import_path": "serving_app:typed_app_builder", "args": args}
