@@ -6,6 +6,7 @@ argument fails there instead of in a pod fifteen minutes later.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any, Optional
 
@@ -127,12 +128,12 @@ class ServeArgs(BaseModel):
         data = dict(data)
         if "hf_token" in data:
             raise ValueError(
-                "hf_token is not accepted in serve args: tokens must never sit in a serve config. "
+                "hf_token: not accepted in serve args, because tokens must never sit in a serve config. "
                 "Set the HF_TOKEN environment variable instead (the Pulumi program injects it from a Kubernetes Secret)."
             )
         if "max_concurrent_queries" in data:
             if "max_ongoing_requests" in data:
-                raise ValueError("give max_ongoing_requests or its old name max_concurrent_queries, not both")
+                raise ValueError("max_concurrent_queries: give max_ongoing_requests or its old name, not both")
             data["max_ongoing_requests"] = data.pop("max_concurrent_queries")
         if isinstance(data.get("data_type"), str):
             lowered = data["data_type"].lower()
@@ -151,7 +152,7 @@ class ServeArgs(BaseModel):
         if self.target_device not in ENGINE_TARGETS[self.engine]:
             allowed = ", ".join(sorted(t.value for t in ENGINE_TARGETS[self.engine]))
             raise ValueError(
-                f"engine {self.engine.value!r} cannot run on target_device {self.target_device.value!r} "
+                f"engine: engine {self.engine.value!r} cannot run on target_device {self.target_device.value!r} "
                 f"(it runs on: {allowed})"
             )
         allowed_types = ENGINE_DATA_TYPES[self.engine]
@@ -159,25 +160,25 @@ class ServeArgs(BaseModel):
             self.data_type = allowed_types[0]
         elif self.data_type not in allowed_types:
             raise ValueError(
-                f"data_type {self.data_type.value!r} is not supported by engine {self.engine.value!r} "
+                f"data_type: {self.data_type.value!r} is not supported by engine {self.engine.value!r} "
                 f"(supported: {', '.join(t.value for t in allowed_types)})"
             )
         if self.gpu_count is None:
             self.gpu_count = 1 if self.target_device.is_gpu else 0
         if self.target_device.is_gpu and self.gpu_count < 1:
-            raise ValueError(f"gpu_count must be at least 1 on target_device {self.target_device.value!r}")
+            raise ValueError(f"gpu_count: must be at least 1 on target_device {self.target_device.value!r}")
         if not self.target_device.is_gpu and self.gpu_count != 0:
-            raise ValueError(f"gpu_count must be 0 on CPU target_device {self.target_device.value!r}")
+            raise ValueError(f"gpu_count: must be 0 on CPU target_device {self.target_device.value!r}")
         for key in self.engine_kwargs:
             if key in _TYPED_ENGINE_KWARGS:
-                raise ValueError(f"engine_kwargs.{key} is set by the typed argument {_TYPED_ENGINE_KWARGS[key]!r}")
+                raise ValueError(f"engine_kwargs.{key}: set by the typed argument {_TYPED_ENGINE_KWARGS[key]!r}")
             if "token" in key.lower() and "tokenizer" not in key.lower():
                 raise ValueError(f"engine_kwargs.{key}: tokens must come from the HF_TOKEN environment variable")
         for name, amount in self.resources.items():
             if name in ("CPU", "GPU", "memory"):
                 raise ValueError(f"resources.{name}: use num_cpus / gpu_count, not a custom resource")
             if amount <= 0:
-                raise ValueError(f"resources.{name} must be positive, got {amount}")
+                raise ValueError(f"resources.{name}: must be positive, got {amount}")
         if self.served_model_name is None:
             self.served_model_name = self.model_name
         return self
@@ -195,14 +196,23 @@ class ServeArgs(BaseModel):
         return demand
 
 
+# Model-level checks span fields, so pydantic gives them no location: they lead their message with the field.
+_LEADING_FIELD = re.compile(r"^([A-Za-z_][\w.\-]*): ")
+
+
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """One line per problem, each led by its field path (e.g. `applications[0].args.gpu_count`)."""
     lines = []
     for problem in error.errors():
-        path = prefix
-        for part in problem["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        parts = list(problem["loc"])
         message = problem["msg"].removeprefix("Value error, ")
+        leading = _LEADING_FIELD.match(message)
+        if leading and problem["type"] == "value_error":
+            parts += leading.group(1).split(".")
+            message = message[leading.end():]
+        path = prefix
+        for part in parts:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         lines.append(f"{path or '(root)'}: {message}")
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -64,11 +65,17 @@ class LocalRay:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start(self) -> "LocalRay":
+        # Every port explicit: Ray's fixed defaults would collide with another head on this machine.
+        ports = {name: free_port() for name in (
+            "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--metrics-export-port",
+            "--node-manager-port", "--object-manager-port", "--ray-client-server-port", "--runtime-env-agent-port",
+        )}
         command = [
             str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
             "--port", str(self.gcs_port), "--num-cpus", str(self.num_cpus),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
             "--temp-dir", str(self.temp_dir), "--disable-usage-stats", "--include-dashboard", "true",
+            *[str(part) for item in ports.items() for part in item],
         ]
         if self.resources:
             command += ["--resources", json.dumps(self.resources)]
@@ -85,7 +92,17 @@ class LocalRay:
         raise RuntimeError("Ray dashboard did not come up")
 
     def stop(self) -> None:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        """Stop this head only (`ray stop` would stop every Ray on the machine): kill its session's processes."""
+        pids = _pids_using(self.temp_dir)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + 10
+            while time.time() < deadline and any(_alive(pid) for pid in pids):
+                time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def serve_config(self, applications: list[dict[str, Any]]) -> dict[str, Any]:
@@ -123,6 +140,46 @@ class LocalRay:
 
     def url(self, route_prefix: str = "/") -> str:
         return f"http://127.0.0.1:{self.serve_port}{route_prefix.rstrip('/')}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pids_using(temp_dir: Path) -> list[int]:
+    """Processes whose command line or environment names this head's temp dir, plus their descendants."""
+    marker = str(temp_dir).encode()
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "cmdline").read_bytes() or marker in (proc / "environ").read_bytes():
+                found.add(int(proc.name))
+        except OSError:
+            continue
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parent = int((proc / "stat").read_text().split(")")[-1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(proc.name))
+    stack = list(found)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return sorted(found)
 
 
 @contextmanager
