@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_cases import ENGINE_CASES, available_engines
+from tests.engine_cases import ENGINE_CASES, available_engines, serve_args
+from tests.serving import LocalRay, application
+
+ROUTE = "/llm"  # not "/": the API must work under a route prefix, as the cpu stack's /cpu and /acpu
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,3 +33,27 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from serving_app.tiny_llama import generate
 
     return generate(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def server(engine: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The app deployed on a local Ray from a Serve config, as KubeRay deploys serveConfigV2."""
+    ray = LocalRay(num_cpus=4).start()
+    try:
+        args = serve_args(engine, tiny_model, tmp_path_factory.mktemp(f"{engine}-work"))
+        ray.deploy(ray.serve_config([application("llm", ROUTE, args)]))
+        yield ray
+    finally:
+        ray.stop()
+
+
+@pytest.fixture
+def base_url(server: LocalRay) -> str:
+    return server.url(ROUTE)
+
+
+@pytest.fixture
+def client(base_url: str):
+    import openai
+
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)

@@ -8,38 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.engine_cases import MAX_MODEL_LEN, SERVED_MODEL, serve_args
-from tests.serving import LocalRay, application, http_json
+from tests.engine_cases import MAX_MODEL_LEN, SERVED_MODEL
+from tests.serving import http_json
 
-ROUTE = "/llm"
 LONG = MAX_MODEL_LEN - 64  # a generation that takes seconds on the tiny model
-
-
-@pytest.fixture(scope="session")
-def server(engine: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    ray = LocalRay(num_cpus=4).start()
-    try:
-        args = serve_args(engine, tiny_model, tmp_path_factory.mktemp(f"{engine}-work"))
-        ray.deploy(ray.serve_config([application("llm", ROUTE, args)]))
-        yield ray
-    finally:
-        ray.stop()
-
-
-@pytest.fixture
-def base_url(server: LocalRay) -> str:
-    return server.url(ROUTE)
-
-
-@pytest.fixture
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)
 
 
 def running_requests(base_url: str) -> int:

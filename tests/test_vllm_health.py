@@ -1,0 +1,52 @@
+"""A dead vLLM engine fails the health endpoint and Serve's check_health, and Serve replaces the replica."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.serving import _pids_using, http_json
+
+
+def _engine_core_pids(temp_dir: Path) -> list[int]:
+    pids = []
+    for pid in _pids_using(temp_dir):
+        try:
+            if b"EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            continue
+    return pids
+
+
+def test_killed_engine_is_reported_dead_and_the_replica_is_replaced(engine, server, base_url):
+    if engine != "vllm":
+        pytest.skip("kills vLLM's EngineCore process")
+    cores = _engine_core_pids(server.temp_dir)
+    assert len(cores) == 1, f"expected one vLLM EngineCore process, found {cores}"
+    os.kill(cores[0], signal.SIGKILL)
+
+    deadline = time.monotonic() + 60
+    seen_dead = False
+    while time.monotonic() < deadline and not seen_dead:
+        status, body = http_json("GET", f"{base_url}/health")
+        seen_dead = status == 503
+        time.sleep(0.2)
+    assert seen_dead, "health endpoint kept answering ok with a dead engine"
+
+    # Serve's check_health fails too, so Serve starts a new replica with a new engine.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        new_cores = [pid for pid in _engine_core_pids(server.temp_dir) if pid not in cores]
+        status, body = http_json("GET", f"{base_url}/health")
+        if new_cores and status == 200:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("Serve did not replace the replica whose engine died")
+    status, body = http_json("POST", f"{base_url}/v1/completions", {"prompt": "back", "max_tokens": 3})
+    assert status == 200, body
