@@ -44,7 +44,16 @@ class VLLMEngine(Engine):
         # The hub token comes from the environment only (a Kubernetes Secret in the cluster).
         if os.environ.get("HF_TOKEN"):
             os.environ.setdefault("HUGGING_FACE_HUB_TOKEN", os.environ["HF_TOKEN"])
-        self._engine = AsyncLLM.from_engine_args(self.engine_args(), usage_context=UsageContext.OPENAI_API_SERVER)
+        engine_args = self.engine_args()
+        config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        placement_group = _current_placement_group()
+        if placement_group is not None and config.parallel_config.world_size > 1:
+            # The engine core runs in a child process that is not a Ray worker and cannot see the replica's
+            # placement group: hand it over, so vLLM's workers take the GPU bundles Serve reserved for us.
+            config.parallel_config.placement_group = placement_group
+        self._engine = AsyncLLM.from_vllm_config(
+            config, usage_context=UsageContext.OPENAI_API_SERVER, disable_log_stats=engine_args.disable_log_stats
+        )
         self._tokenizer = self._engine.tokenizer
         if self._tokenizer is None:
             self._tokenizer = await self._engine.get_tokenizer()
@@ -110,3 +119,12 @@ class VLLMEngine(Engine):
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+
+
+def _current_placement_group() -> Any:
+    try:
+        import ray
+
+        return ray.util.get_current_placement_group() if ray.is_initialized() else None
+    except ImportError:
+        return None
