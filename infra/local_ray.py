@@ -1,0 +1,220 @@
+"""A Ray head on this machine that takes Serve configs the way KubeRay does (the dashboard's REST API).
+
+Used by `python -m infra local` and by the tests. Needs no Ray import: it drives the `ray` CLI of an environment
+and talks HTTP, so the Pulumi side stays free of Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        try:
+            return error.code, json.loads(raw)
+        except ValueError:
+            return error.code, raw.decode(errors="replace")
+
+
+class LocalRay:
+    """A Ray head on this machine, in its own temp dir, with the dashboard (Serve's REST API) on loopback."""
+
+    def __init__(self, num_cpus: int = 8, resources: dict[str, float] | None = None, serve_port: int | None = None,
+                 python: str | Path | None = None, temp_dir: Path | None = None):
+        self.num_cpus = num_cpus
+        self.resources = resources or {}
+        # Ray keeps socket paths under its temp dir and they must stay short: /tmp, not a deep checkout.
+        self.temp_dir = Path(temp_dir) if temp_dir else Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.serve_port = serve_port or free_port()
+        self.bin = Path(python or sys.executable).parent
+        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env.pop("RAY_ADDRESS", None)
+
+    def state(self) -> dict[str, Any]:
+        """What `local status` / `local down` need to find this head again from another process."""
+        return {"temp_dir": str(self.temp_dir), "gcs_port": self.gcs_port, "dashboard_port": self.dashboard_port,
+                "serve_port": self.serve_port, "bin": str(self.bin)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "LocalRay":
+        ray = cls.__new__(cls)
+        ray.num_cpus, ray.resources = 0, {}
+        ray.temp_dir = Path(state["temp_dir"])
+        ray.gcs_port, ray.dashboard_port, ray.serve_port = state["gcs_port"], state["dashboard_port"], state["serve_port"]
+        ray.bin = Path(state["bin"])
+        ray.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+        return ray
+
+    def processes(self) -> list[int]:
+        return [pid for pid in _pids_using(self.temp_dir) if _alive(pid)]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self) -> "LocalRay":
+        # Every port explicit: Ray's fixed defaults would collide with another head on this machine.
+        ports = {name: free_port() for name in (
+            "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--metrics-export-port",
+            "--node-manager-port", "--object-manager-port", "--ray-client-server-port", "--runtime-env-agent-port",
+        )}
+        command = [
+            str(self.bin / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+            "--port", str(self.gcs_port), "--num-cpus", str(self.num_cpus),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+            "--temp-dir", str(self.temp_dir), "--disable-usage-stats", "--include-dashboard", "true",
+            *[str(part) for item in ports.items() for part in item],
+        ]
+        if self.resources:
+            command += ["--resources", json.dumps(self.resources)]
+        started = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=180)
+        if started.returncode != 0:
+            raise RuntimeError(f"ray start failed:\n{started.stdout[-2000:]}{started.stderr[-2000:]}")
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                status, _ = http_json("GET", f"{self.dashboard}/api/serve/applications/", timeout=5)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(1)
+        raise RuntimeError("Ray dashboard did not come up")
+
+    def stop(self) -> None:
+        """Stop this head only (`ray stop` would stop every Ray on the machine): kill its session's processes."""
+        pids = _pids_using(self.temp_dir)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + 10
+            while time.time() < deadline and any(_alive(pid) for pid in pids):
+                time.sleep(0.2)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def serve_config(self, applications: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "proxy_location": "HeadOnly",
+            "http_options": {"host": "127.0.0.1", "port": self.serve_port},
+            "applications": applications,
+        }
+
+    def deploy(self, config: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+        """PUT the config, as KubeRay does, and wait until every application is RUNNING."""
+        status, body = http_json("PUT", f"{self.dashboard}/api/serve/applications/", config)
+        if status != 200:
+            raise RuntimeError(f"Serve refused the config ({status}): {body}")
+        return self.wait_running([app["name"] for app in config["applications"]], timeout)
+
+    def applications(self) -> dict[str, Any]:
+        _, body = http_json("GET", f"{self.dashboard}/api/serve/applications/")
+        return (body or {}).get("applications", {})
+
+    def wait_running(self, names: list[str], timeout: float = 600) -> dict[str, Any]:
+        deadline = time.time() + timeout
+        apps: dict[str, Any] = {}
+        while time.time() < deadline:
+            apps = self.applications()
+            states = {name: apps.get(name, {}).get("status") for name in names}
+            failed = {n: apps[n].get("message") for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
+            if failed:
+                raise RuntimeError(f"applications failed to deploy: {failed}")
+            if all(state == "RUNNING" for state in states.values()):
+                return apps
+            time.sleep(2)
+        raise TimeoutError(f"applications not RUNNING after {timeout}s: "
+                           f"{ {n: apps.get(n, {}).get('status') for n in names} }")
+
+    def url(self, route_prefix: str = "/") -> str:
+        return f"http://127.0.0.1:{self.serve_port}{route_prefix.rstrip('/')}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pids_using(temp_dir: Path) -> list[int]:
+    """Processes whose command line or environment names this head's temp dir, plus their descendants."""
+    marker = str(temp_dir).encode()
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "cmdline").read_bytes() or marker in (proc / "environ").read_bytes():
+                found.add(int(proc.name))
+        except OSError:
+            continue
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parent = int((proc / "stat").read_text().split(")")[-1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(proc.name))
+    stack = list(found)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return sorted(found)
+
+
+@contextmanager
+def local_ray(**kwargs: Any) -> Iterator[LocalRay]:
+    ray = LocalRay(**kwargs).start()
+    try:
+        yield ray
+    finally:
+        ray.stop()
+
+
+def application(name: str, route_prefix: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "route_prefix": route_prefix, "import_path": "serving_app:typed_app_builder", "args": args}
