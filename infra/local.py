@@ -12,6 +12,7 @@ its engine in that engine's own Python environment (Ray's `py_executable`), crea
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -35,7 +36,8 @@ ENGINE_ENVS = {
     EngineName.BIGDL: ("bigdl", ".venv-bigdl"),
     EngineName.ONNXRUNTIME: ("onnx", ".venv-onnx"),
 }
-CACHE = REPO_ROOT / ".cache"
+# Generated models, converted models and the state of running stacks; tests point it elsewhere.
+CACHE = Path(os.environ.get("INFRA_LOCAL_CACHE", REPO_ROOT / ".cache"))
 TINY_MODEL_LEN = 2048  # the generated model's max_position_embeddings
 LOCAL_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves a share of all memory; a fixed GiB is plenty here
 
@@ -178,6 +180,11 @@ def _load_state(stack: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _ray_temp_dir(stack: str) -> Path:
+    # Short (Ray's socket paths live under it) and distinct per cache, so a test run never meets a user's head.
+    return Path(f"/tmp/ray-local-{stack}-{hashlib.sha1(str(CACHE.resolve()).encode()).hexdigest()[:8]}")
+
+
 def _dashboard_from_env() -> Optional[str]:
     """An existing cluster named by RAY_ADDRESS: its dashboard takes the Serve config (like `serve deploy`)."""
     address = os.environ.get("RAY_ADDRESS")
@@ -205,7 +212,7 @@ def up(stack: str, model: Optional[str], port: Optional[int]) -> dict[str, Any]:
     ray: Optional[LocalRay] = None
     if dashboard is None:
         ray = LocalRay(num_cpus=local.num_cpus, resources=local.resources, serve_port=local.config["http_options"]["port"],
-                       python=env_python(EngineName.VLLM), temp_dir=Path(f"/tmp/ray-local-{stack}"))
+                       python=env_python(EngineName.VLLM), temp_dir=_ray_temp_dir(stack))
         print(f"[local] starting a Ray head ({local.num_cpus} CPUs, resources {local.resources or 'none'})")
         ray.stop()  # leftovers of a run that crashed before writing its state
         ray.start()

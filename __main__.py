@@ -1,0 +1,5 @@
+"""`pulumi up` entry point; the program lives in infra/."""
+
+from infra.program import main
+
+main()

@@ -1,0 +1,233 @@
+"""Checks run at `pulumi preview` (and render), before anything is created: a config that can never serve fails
+here with the app, the demand and the node group named, instead of as a pod pending for ever."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+from serving_app.serve_args import EngineName, TargetDevice
+
+from .config import MODELS_MOUNT, REPO_ROOT, NodeGroup, StackConfig
+
+# Ports Ray itself binds on every pod (GCS, dashboard, client, metrics, dashboard agent used by KubeRay's probes).
+RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "dashboard-agent": 52365}
+
+# The engine each hardware's image carries (images/<hardware>/Dockerfile).
+IMAGE_ENGINE = {
+    TargetDevice.NVIDIA: EngineName.VLLM,
+    TargetDevice.AMD_GPU: EngineName.VLLM,
+    TargetDevice.INTEL: EngineName.BIGDL,
+    TargetDevice.AMD: EngineName.ONNXRUNTIME,
+}
+
+
+class StackCheckError(ValueError):
+    """One or more preview-time checks failed; the message lists every problem."""
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items())) + "}"
+
+
+def shortfall(demand: dict[str, float], capacity: dict[str, float]) -> dict[str, float]:
+    return {name: amount - capacity.get(name, 0.0) for name, amount in demand.items()
+            if amount > capacity.get(name, 0.0) + 1e-9}
+
+
+def _best_group(demand: dict[str, float], groups: list[tuple[str, NodeGroup, int]]) -> tuple[str, NodeGroup]:
+    # Fewest missing resource kinds, then the smallest relative shortage.
+    def score(item: tuple[str, NodeGroup, int]) -> tuple[int, float]:
+        missing = shortfall(demand, item[1].ray_capacity())
+        return len(missing), sum(gap / demand[name] for name, gap in missing.items())
+
+    name, group, _ = min(groups, key=score)
+    return name, group
+
+
+def check_placement(stack: StackConfig) -> list[str]:
+    """Each replica fits one node of some group; all replicas together fit the cluster; the groups a replica can
+    land on run its engine."""
+    problems = []
+    groups = stack.node_groups()
+    totals: dict[str, float] = {}
+    for _, group, count in groups:
+        for name, amount in group.ray_capacity().items():
+            totals[name] = totals.get(name, 0.0) + amount * count
+    needed: dict[str, float] = {}
+    for index, app in enumerate(stack.serve.applications):
+        where = f"serve.applications[{index}] ({app.name})"
+        demand = app.args.replica_demand()
+        for name, amount in demand.items():
+            needed[name] = needed.get(name, 0.0) + amount * app.args.num_replicas
+        fits = [(name, group) for name, group, count in groups if count and not shortfall(demand, group.ray_capacity())]
+        if not fits:
+            best_name, best = _best_group(demand, [g for g in groups if g[2]] or groups)
+            problems.append(
+                f"{where}: one replica needs {_fmt(demand)} on a single node, which no node group offers; "
+                f"best fit is '{best_name}' with {_fmt(best.ray_capacity())} "
+                f"(short {_fmt(shortfall(demand, best.ray_capacity()))})"
+            )
+            continue
+        wrong = [(name, group) for name, group in fits if group.hardware != app.args.target_device]
+        if wrong:
+            names = ", ".join(f"'{name}' ({group.hardware.value}, image engine {IMAGE_ENGINE[group.hardware].value})"
+                              for name, group in wrong)
+            problems.append(
+                f"{where}: engine {app.args.engine.value} on {app.args.target_device.value} can land on {names}; "
+                f"give it a custom resource that only {app.args.target_device.value} groups offer "
+                f"(args.resources, e.g. {{{app.args.target_device.value.lower()}_cpu: 1}}) or fix target_device"
+            )
+        elif IMAGE_ENGINE[app.args.target_device] != app.args.engine:
+            problems.append(
+                f"{where}: engine {app.args.engine.value} is not in the {app.args.target_device.value} image "
+                f"(it carries {IMAGE_ENGINE[app.args.target_device].value})"
+            )
+    over = shortfall(needed, totals)
+    if over:
+        problems.append(
+            f"serve.applications: all replicas together need {_fmt(needed)} but the cluster has {_fmt(totals)} "
+            f"(short {_fmt(over)})"
+        )
+    return problems
+
+
+def pack_warnings(stack: StackConfig) -> list[str]:
+    """First-fit-decreasing over nodes: a hint (not an error) that the totals fit but the pieces may not."""
+    nodes = [(name, dict(group.ray_capacity())) for name, group, count in stack.node_groups() for _ in range(count)]
+    replicas = [(app.name, app.args.replica_demand()) for app in stack.serve.applications
+                for _ in range(app.args.num_replicas)]
+    replicas.sort(key=lambda item: (item[1].get("GPU", 0), item[1].get("CPU", 0)), reverse=True)
+    unplaced = []
+    for app_name, demand in replicas:
+        for _, free in nodes:
+            if not shortfall(demand, free):
+                for name, amount in demand.items():
+                    free[name] -= amount
+                break
+        else:
+            unplaced.append(app_name)
+    if unplaced:
+        return [f"replicas of {sorted(set(unplaced))} may stay pending: packing them onto nodes one by one leaves "
+                f"{len(unplaced)} without a node even though the cluster totals suffice"]
+    return []
+
+
+def check_routes_and_ports(stack: StackConfig) -> list[str]:
+    problems = []
+    seen: dict[str, str] = {}
+    names: set[str] = set()
+    for index, app in enumerate(stack.serve.applications):
+        prefix = app.route_prefix.rstrip("/") or "/"
+        if prefix in seen:
+            problems.append(f"serve.applications[{index}] ({app.name}): routePrefix {app.route_prefix} is already "
+                            f"used by {seen[prefix]}")
+        seen[prefix] = app.name
+        if app.name in names:
+            problems.append(f"serve.applications[{index}]: application name {app.name!r} is used twice")
+        names.add(app.name)
+    for name, port in RAY_PORTS.items():
+        if stack.serve.port == port:
+            problems.append(f"serve.port: {port} is Ray's {name} port")
+    return problems
+
+
+def check_rendered_ports(stack: StackConfig, spec: dict, serve: dict) -> list[str]:
+    """The serve port agrees everywhere it is written: Serve's http_options, each Ray container, the Service."""
+    port = serve["http_options"]["port"]
+    problems = []
+    groups = [("head", spec["rayClusterConfig"]["headGroupSpec"])]
+    groups += [(g["groupName"], g) for g in spec["rayClusterConfig"].get("workerGroupSpecs", [])]
+    for name, group in groups:
+        ports = {p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]}
+        if ports.get("serve") != port:
+            problems.append(f"node group {name}: container port 'serve' is {ports.get('serve')}, "
+                            f"Serve listens on {port}")
+    service_ports = spec["serveService"]["spec"]["ports"]
+    if [p["targetPort"] for p in service_ports] != [port]:
+        problems.append(f"serve Service targets {[p['targetPort'] for p in service_ports]}, Serve listens on {port}")
+    return problems
+
+
+def _arg_defaults(dockerfile: str) -> dict[str, str]:
+    return dict(re.findall(r"^\s*ARG\s+([A-Z_]+)=(\S+)", dockerfile, flags=re.MULTILINE))
+
+
+def _copied_requirement_files(dockerfile: str) -> list[str]:
+    files = []
+    for line in re.findall(r"^\s*COPY\s+(.+)$", dockerfile, flags=re.MULTILINE):
+        parts = [p for p in line.split() if not p.startswith("--")]
+        files += [p for p in parts[:-1] if p.endswith(".txt")]
+    return files
+
+
+def _ray_pins(text: str) -> list[str]:
+    return re.findall(r"^\s*ray(?:\[[^\]]*\])?==([0-9.]+)", text, flags=re.MULTILINE)
+
+
+def check_images(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
+    """Every deployed group has an image; every image carries the cluster's Ray and Python."""
+    problems = []
+    builds = False
+    for hardware in stack.needed_hardware():
+        key = f"images.{hardware.value}"
+        spec = stack.images.get(hardware)
+        if spec is None:
+            users = [name for name, group, _ in stack.node_groups() if group.hardware == hardware]
+            problems.append(f"{key}: node group(s) {users} run on {hardware.value} but no image is configured")
+            continue
+        if spec.reference is not None:
+            if spec.ray_version != stack.ray_version or spec.python_version != stack.python_version:
+                problems.append(f"{key}: image carries Ray {spec.ray_version} / Python {spec.python_version}, "
+                                f"the cluster runs rayVersion {stack.ray_version} / Python {stack.python_version}")
+            continue
+        builds = True
+        path = root / spec.dockerfile
+        if not path.is_file():
+            problems.append(f"{key}.dockerfile: {spec.dockerfile} does not exist")
+            continue
+        text = path.read_text()
+        defaults = _arg_defaults(text)
+        for arg, want in (("RAY_VERSION", stack.ray_version), ("PYTHON_VERSION", stack.python_version)):
+            if defaults.get(arg) != want:
+                problems.append(f"{key}: {spec.dockerfile} has ARG {arg}={defaults.get(arg)}, the cluster needs {want}")
+        pins = []
+        for requirement in _copied_requirement_files(text):
+            req_path = root / requirement
+            if not req_path.is_file():
+                problems.append(f"{key}: {spec.dockerfile} copies {requirement}, which does not exist")
+                continue
+            pins += [(requirement, pin) for pin in _ray_pins(req_path.read_text())]
+        if not pins:
+            problems.append(f"{key}: {spec.dockerfile} installs no pinned ray (ray[serve]==X in a requirements file)")
+        for requirement, pin in pins:
+            if pin != stack.ray_version:
+                problems.append(f"{key}: {requirement} pins ray {pin}, the cluster's rayVersion is {stack.ray_version}")
+    if builds and stack.registry is None:
+        problems.append("registry: images are built, so a registry (server, repository, username) is required")
+    return problems
+
+
+def check_model_storage(stack: StackConfig) -> list[str]:
+    problems = []
+    for index, app in enumerate(stack.serve.applications):
+        if app.args.model_name.startswith(MODELS_MOUNT + "/") and stack.model_storage is None:
+            problems.append(f"serve.applications[{index}].args.model_name: {app.args.model_name} is on the model "
+                            f"volume but modelStorage is not configured")
+    return problems
+
+
+def run_checks(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
+    """All problems (empty when the stack can deploy)."""
+    problems: list[str] = []
+    for check in (check_routes_and_ports, check_placement, check_model_storage):
+        problems += check(stack)
+    problems += check_images(stack, root)
+    return problems
+
+
+def raise_for_problems(problems: Iterable[str]) -> None:
+    problems = list(problems)
+    if problems:
+        raise StackCheckError("stack checks failed:\n" + "\n".join(f"  - {p}" for p in problems))

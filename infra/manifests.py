@@ -1,0 +1,205 @@
+"""The RayService object, as plain data built from the typed config (no Pulumi import).
+
+Image references may be plain strings (render) or Pulumi Outputs (the digests of pushed images): both are valid
+inputs to a Kubernetes resource, so this one builder serves `pulumi up`, render and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Optional
+
+from serving_app.serve_args import TargetDevice
+
+from .checks import RAY_PORTS
+from .config import MODELS_MOUNT, NodeGroup, StackConfig
+
+HF_TOKEN_KEY = "HF_TOKEN"
+RAY_UID = 1000  # the `ray` user of images/*/Dockerfile
+
+
+def labels(stack: StackConfig, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "llm-serving",
+        "app.kubernetes.io/instance": stack.ray_service.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def serve_service_name(stack: StackConfig) -> str:
+    return f"{stack.ray_service.name}-serve"
+
+
+def head_service_name(stack: StackConfig) -> str:
+    # KubeRay names a RayService's stable head Service <name>-head-svc.
+    return f"{stack.ray_service.name}-head-svc"
+
+
+def _ray_start_params(group: NodeGroup, head: bool) -> dict[str, str]:
+    params = {"num-cpus": f"{group.ray_capacity()['CPU']:g}", "num-gpus": str(group.gpus)}
+    if group.ray_resources:
+        # KubeRay pastes the value into a shell command line: a JSON object inside double quotes.
+        amounts = {k: int(v) if float(v).is_integer() else v for k, v in group.ray_resources.items()}
+        params["resources"] = json.dumps(json.dumps(amounts, sort_keys=True))
+    if head:
+        # Inside the pod; the head Service stays ClusterIP unless dashboard.serviceType says otherwise.
+        params["dashboard-host"] = "0.0.0.0"
+    return params
+
+
+def _container_ports(stack: StackConfig, head: bool) -> list[dict[str, Any]]:
+    ports = []
+    if head:
+        ports += [{"name": name, "containerPort": RAY_PORTS[name]} for name in ("gcs-server", "dashboard", "client")]
+    ports.append({"name": "metrics", "containerPort": RAY_PORTS["metrics"]})
+    ports.append({"name": "serve", "containerPort": stack.serve.port})
+    return ports
+
+
+def pod_template(
+    stack: StackConfig,
+    group_name: str,
+    group: NodeGroup,
+    *,
+    image: Any,
+    head: bool,
+    hf_secret_name: Optional[str],
+    pull_secret_name: Optional[str],
+    model_claim_name: Optional[str],
+) -> dict[str, Any]:
+    resources: dict[str, Any] = {"cpu": str(group.cpu), "memory": group.memory}
+    if group.gpus:
+        resources[group.gpu_resource] = str(group.gpus)
+    env: list[dict[str, Any]] = []
+    if hf_secret_name:
+        env.append({"name": HF_TOKEN_KEY,
+                    "valueFrom": {"secretKeyRef": {"name": hf_secret_name, "key": HF_TOKEN_KEY}}})
+    storage = stack.model_storage
+    if storage is not None and storage.hf_cache_dir:
+        env.append({"name": "HF_HOME", "value": storage.hf_cache_dir})
+    env += [{"name": name, "value": value} for name, value in sorted(group.env.items())]
+
+    mounts = [
+        {"name": "ray-logs", "mountPath": "/tmp/ray"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "ray-logs", "emptyDir": {"sizeLimit": group.ray_tmp_size}},
+        # Memory-backed and counted against the pod's memory limit.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": group.shm_size}},
+    ]
+    if model_claim_name:
+        read_only = storage.read_only if storage is not None else True
+        mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": read_only})
+        volumes.append({"name": "models",
+                        "persistentVolumeClaim": {"claimName": model_claim_name, "readOnly": read_only}})
+
+    container: dict[str, Any] = {
+        "name": "ray-head" if head else "ray-worker",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": env,
+        "ports": _container_ports(stack, head),
+        # requests = limits: Guaranteed QoS, so the kubelet never evicts a loaded model for memory pressure.
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "volumeMounts": mounts,
+        # Ray drains its actors before the container goes.
+        "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}},
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    pod_security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "runAsGroup": RAY_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if group.supplemental_groups:
+        pod_security["supplementalGroups"] = list(group.supplemental_groups)
+    spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": pod_security,
+        # A 70B replica needs time to drain in-flight streams and free its GPUs.
+        "terminationGracePeriodSeconds": 120,
+    }
+    if group.node_selector:
+        spec["nodeSelector"] = dict(group.node_selector)
+    if group.tolerations:
+        spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in group.tolerations]
+    if group.runtime_class_name:
+        spec["runtimeClassName"] = group.runtime_class_name
+    if pull_secret_name:
+        spec["imagePullSecrets"] = [{"name": pull_secret_name}]
+    return {
+        "metadata": {"labels": {**labels(stack, "ray-node"), "llm-serving/node-group": group_name}},
+        "spec": spec,
+    }
+
+
+def ray_service_spec(
+    stack: StackConfig,
+    *,
+    images: Mapping[TargetDevice, Any],
+    serve_config_yaml: str,
+    hf_secret_name: Optional[str],
+    pull_secret_name: Optional[str],
+    model_claim_name: Optional[str],
+) -> dict[str, Any]:
+    common = dict(hf_secret_name=hf_secret_name, pull_secret_name=pull_secret_name,
+                  model_claim_name=model_claim_name)
+    head = stack.head_group
+    cluster: dict[str, Any] = {
+        "rayVersion": stack.ray_version,
+        "headGroupSpec": {
+            "serviceType": stack.dashboard.service_type,
+            "rayStartParams": _ray_start_params(head, head=True),
+            "template": pod_template(stack, "head", head, image=images[head.hardware], head=True, **common),
+        },
+        "workerGroupSpecs": [
+            {
+                "groupName": group.name,
+                # Fixed size: the fit checks assume every node is there.
+                "replicas": group.replicas,
+                "minReplicas": group.replicas,
+                "maxReplicas": group.replicas,
+                "rayStartParams": _ray_start_params(group, head=False),
+                "template": pod_template(stack, group.name, group, image=images[group.hardware], head=False,
+                                         **common),
+            }
+            for group in stack.worker_groups
+            if group.enabled
+        ],
+    }
+    if stack.dashboard.auth == "token":
+        cluster["authOptions"] = {"mode": "token"}
+
+    service_port: dict[str, Any] = {"name": "serve", "port": stack.serve.port, "targetPort": stack.serve.port}
+    if stack.serve.service.node_port is not None:
+        service_port["nodePort"] = stack.serve.service.node_port
+    upgrade = stack.ray_service.upgrade_strategy
+    upgrade_spec: dict[str, Any] = {"type": upgrade.type}
+    if upgrade.cluster_upgrade_options is not None:
+        upgrade_spec["clusterUpgradeOptions"] = upgrade.cluster_upgrade_options.model_dump(by_alias=True)
+    return {
+        "upgradeStrategy": upgrade_spec,
+        "serveConfigV2": serve_config_yaml,
+        # KubeRay keeps this Service's selector on the cluster that serves, also during upgrades.
+        "serveService": {
+            "metadata": {
+                "name": serve_service_name(stack),
+                "labels": labels(stack, "serve"),
+                **({"annotations": dict(stack.serve.service.annotations)} if stack.serve.service.annotations else {}),
+            },
+            "spec": {"type": stack.serve.service.type, "ports": [service_port]},
+        },
+        "rayClusterConfig": cluster,
+    }
+
+
+def ray_service_annotations(stack: StackConfig) -> dict[str, str]:
+    return {
+        "ray.io/initializing-timeout": stack.ray_service.initializing_timeout,
+        # `pulumi up` returns when KubeRay reports the applications serving, not when the object is accepted.
+        "pulumi.com/waitFor": "condition=Ready",
+    }

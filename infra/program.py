@@ -1,0 +1,128 @@
+"""The Pulumi program: stack config -> checks -> components -> stack outputs. No stack names appear here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi.runtime import config as runtime_config
+
+from .checks import StackCheckError, pack_warnings, raise_for_problems, run_checks
+from .config import StackConfig, StackConfigError, parse_stack_config
+from .images import ServingImages, ServingImagesArgs
+from .kuberay import KubeRayOperator, KubeRayOperatorArgs
+from .manifests import head_service_name, labels, serve_service_name
+from .model_storage import ModelStorageArgs, ModelVolume
+from .ray_service import LlmRayService, LlmRayServiceArgs
+from .secrets import ServingSecrets, ServingSecretsArgs
+
+
+def pulumi_config() -> dict[str, Any]:
+    """Every config value of this run. Pulumi's Config API reads one key at a time; unknown keys must fail too."""
+    merged = dict(runtime_config.get_config_env())
+    merged.update(runtime_config.CONFIG.get())
+    return merged
+
+
+def load() -> StackConfig:
+    """The validated stack config; every failure names the config key path, before any resource exists."""
+    try:
+        stack = parse_stack_config(pulumi_config(), pulumi.get_project())
+        raise_for_problems(run_checks(stack))
+    except (StackConfigError, StackCheckError) as error:
+        raise pulumi.RunError(str(error)) from None
+    for warning in pack_warnings(stack):
+        pulumi.log.warn(warning)
+    return stack
+
+
+@dataclass
+class Deployment:
+    stack: StackConfig
+    namespace: pulumi.Output[str]
+    images: ServingImages
+    secrets: ServingSecrets
+    ray_service: LlmRayService
+    operator: Optional[KubeRayOperator] = None
+    models: Optional[ModelVolume] = None
+
+
+def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
+           registry_password: Optional[pulumi.Input[str]]) -> Deployment:
+    name = stack.ray_service.name
+    depends: list[pulumi.Resource] = []
+    if stack.create_namespace:
+        ns = k8s.core.v1.Namespace("namespace", metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=stack.namespace, labels=labels(stack, "namespace")))
+        namespace: pulumi.Output[str] = ns.metadata.name
+        depends.append(ns)
+    else:
+        namespace = pulumi.Output.from_input(stack.namespace)
+
+    operator = None
+    if stack.kuberay.install:
+        operator = KubeRayOperator("kuberay-operator", KubeRayOperatorArgs(
+            namespace=stack.kuberay.namespace, values=stack.kuberay.values))
+        depends.append(operator)
+
+    images = ServingImages("images", ServingImagesArgs(
+        images={hardware: stack.images[hardware] for hardware in stack.needed_hardware()},
+        ray_version=stack.ray_version, python_version=stack.python_version, tag=stack.image_tag(),
+        registry=stack.registry, registry_password=registry_password))
+
+    secrets = ServingSecrets("secrets", ServingSecretsArgs(
+        namespace=namespace, name_prefix=name, labels=labels(stack, "secret"), hf_token=hf_token,
+        registry=stack.registry, registry_password=registry_password))
+    depends.append(secrets)
+
+    models = None
+    if stack.model_storage is not None:
+        models = ModelVolume("models", ModelStorageArgs(
+            storage=stack.model_storage, namespace=namespace, namespace_name=stack.namespace, name_prefix=name,
+            labels=labels(stack, "models")))
+        depends.append(models)
+
+    ray_service = LlmRayService(name, LlmRayServiceArgs(
+        stack=stack, namespace=namespace, images=images.refs, hf_secret_name=secrets.hf_secret_name,
+        pull_secret_name=secrets.pull_secret_name, model_claim_name=models.claim_name if models else None,
+        depends_on=depends))
+    return Deployment(stack=stack, namespace=namespace, images=images, secrets=secrets, ray_service=ray_service,
+                      operator=operator, models=models)
+
+
+def export_outputs(deployment: Deployment) -> None:
+    stack = deployment.stack
+    service, port = serve_service_name(stack), stack.serve.port
+    pulumi.export("namespace", deployment.namespace)
+    pulumi.export("rayService", stack.ray_service.name)
+    pulumi.export("endpoints", deployment.namespace.apply(lambda ns: {
+        app.name: {
+            "routePrefix": app.route_prefix,
+            "service": service,
+            "port": port,
+            "url": f"http://{service}.{ns}.svc.cluster.local:{port}{app.route_prefix}",
+        }
+        for app in stack.serve.applications
+    }))
+    pulumi.export("images", {hardware.value: ref for hardware, ref in deployment.images.refs.items()})
+    # The dashboard stays inside the cluster; this is how to reach it.
+    pulumi.export("dashboard", deployment.namespace.apply(
+        lambda ns: f"kubectl -n {ns} port-forward svc/{head_service_name(stack)} 8265:8265"))
+
+
+def main() -> Deployment:
+    stack = load()
+    config = pulumi.Config()
+    hf_token = config.get_secret("hfToken")
+    registry_password = config.get_secret("registryPassword")
+    if hf_token is None and any(not app.args.model_name.startswith("/") for app in stack.serve.applications):
+        pulumi.log.warn("no hfToken: gated hub models (e.g. Llama 2) will fail to download; "
+                        "pulumi config set --secret hfToken <token>")
+    if registry_password is None and stack.registry is not None:
+        raise pulumi.RunError("registry is configured but registryPassword is not: "
+                              "pulumi config set --secret registryPassword <password>")
+    deployment = deploy(stack, hf_token, registry_password)
+    export_outputs(deployment)
+    return deployment

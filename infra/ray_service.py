@@ -1,0 +1,80 @@
+"""The RayService (ray.io/v1): the Ray cluster and its Serve applications, as the typed stack config says."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+from serving_app.serve_args import TargetDevice
+
+from .checks import check_rendered_ports, raise_for_problems
+from .config import StackConfig
+from .manifests import labels, ray_service_annotations, ray_service_spec
+from .serve_config import serve_config
+
+
+def _minutes(duration: str) -> str:
+    """Go-style 1h30m -> Pulumi's 90m."""
+    units = {"h": 60, "m": 1, "s": 1 / 60}
+    total = sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([hms])", duration))
+    return f"{max(1, round(total))}m"
+
+
+@dataclass
+class LlmRayServiceArgs:
+    stack: StackConfig
+    namespace: pulumi.Input[str]
+    images: Mapping[TargetDevice, pulumi.Input[str]]
+    hf_secret_name: Optional[str] = None
+    pull_secret_name: Optional[str] = None
+    model_claim_name: Optional[str] = None
+    # The operator, the Secrets and the claim: pods created before them would fail or never be reconciled.
+    depends_on: Sequence[pulumi.Resource] = ()
+
+
+class LlmRayService(pulumi.ComponentResource):
+    ray_service: k8s.apiextensions.CustomResource
+    serve_config: dict[str, Any]
+
+    def __init__(self, name: str, args: LlmRayServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("llm-serving:index:LlmRayService", name, None, opts)
+        stack = args.stack
+        self.serve_config = serve_config(stack)
+        spec = ray_service_spec(
+            stack,
+            images=args.images,
+            serve_config_yaml=yaml.safe_dump(self.serve_config, sort_keys=False),
+            hf_secret_name=args.hf_secret_name,
+            pull_secret_name=args.pull_secret_name,
+            model_claim_name=args.model_claim_name,
+        )
+        raise_for_problems(check_rendered_ports(stack, spec, self.serve_config))
+        timeout = _minutes(stack.ray_service.pulumi_timeout)
+        upgrade = stack.ray_service.upgrade_strategy.type
+        self.ray_service = k8s.apiextensions.CustomResource(
+            name,
+            api_version="ray.io/v1",
+            kind="RayService",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=stack.ray_service.name,
+                namespace=args.namespace,
+                labels=labels(stack, "ray-service"),
+                annotations=ray_service_annotations(stack),
+            ),
+            spec=spec,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(args.depends_on),
+                custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout, delete="30m"),
+                # With upgradeStrategy None KubeRay ignores rayClusterConfig changes; replacing the object rolls
+                # them out (with downtime, never with a second copy of the GPUs).
+                replace_on_changes=["spec.rayClusterConfig"] if upgrade == "None" else None,
+                delete_before_replace=upgrade == "None",
+            ),
+        )
+        self.register_outputs({"name": stack.ray_service.name})

@@ -1,0 +1,388 @@
+"""The Pulumi program and each component under Pulumi mocks, with both real stack files loaded as config."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pulumi
+import pytest
+import yaml
+from pulumi.runtime import rpc
+from pulumi.runtime.settings import get_root_resource
+
+from infra.config import KUBERAY_CHART_VERSION, KUBERAY_REPO, ImageSpec, ModelStorage, Registry, load_stack
+from infra.images import ServingImages, ServingImagesArgs
+from infra.kuberay import KubeRayOperator, KubeRayOperatorArgs
+from infra.model_storage import ModelStorageArgs, ModelVolume
+from infra.program import main
+from infra.ray_service import _minutes
+from infra.secrets import ServingSecrets, ServingSecretsArgs
+from infra.serve_config import serve_config
+from serving_app.serve_args import TargetDevice
+from tests.infra_helpers import (
+    FAKE_HF_TOKEN, FAKE_REGISTRY_PASSWORD, SECRETS, STACKS, Mocks, pulumi_config, stack_document, with_values,
+)
+
+SECRET_KEYS = list(SECRETS)
+IMAGE = "docker:index/image:Image"
+RAY_SERVICE = "kubernetes:apiextensions.k8s.io:CustomResource"  # the mock sees CustomResource's generic token
+SECRET = "kubernetes:core/v1:Secret"
+
+
+@pytest.fixture
+def mocks():
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    pulumi.runtime.reset_options()
+    recorder = Mocks()
+    pulumi.runtime.set_mocks(recorder, project="llm-serving", stack="test", preview=False)
+    yield recorder
+    loop.close()
+
+
+def use_config(document: dict, secrets: bool = True) -> None:
+    pulumi.runtime.set_all_config(pulumi_config(document, secrets), SECRET_KEYS if secrets else [])
+
+
+def after(deployment, check):
+    """Run `check` once every resource is registered (the RayService depends on all the others)."""
+    return deployment.ray_service.ray_service.urn.apply(lambda _: check())
+
+
+def plain(value):
+    """Inputs with Pulumi-secret wrappers removed (to search them)."""
+    if rpc.is_rpc_secret(value):
+        return plain(rpc.unwrap_rpc_secret(value))
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def ray_service_of(mocks: Mocks) -> dict:
+    (resource,) = [r for r in mocks.resources if r.inputs.get("kind") == "RayService"]
+    return resource.inputs
+
+
+def containers(spec: dict) -> list[dict]:
+    cluster = spec["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"]] + cluster.get("workerGroupSpecs", [])
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+# ---- both stacks, as users run them -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pulumi.runtime.test
+def test_stack_declares_operator_images_secrets_storage_and_ray_service(mocks, stack):
+    use_config(stack_document(stack))
+    deployment = main()
+    config = load_stack(stack)
+
+    def check():
+        release = mocks.one("kubernetes:helm.sh/v3:Release").inputs
+        assert (release["chart"], release["version"], release["repositoryOpts"]["repo"]) == (
+            "kuberay-operator", KUBERAY_CHART_VERSION, KUBERAY_REPO)
+        assert release["namespace"] == config.kuberay.namespace
+        built = {r.inputs["imageName"].split("/")[-1].split(":")[0] for r in mocks.of_type(IMAGE)}
+        assert built == {"llm-serving-" + h.value.lower().replace("_", "-") for h in config.needed_hardware()}
+        assert mocks.one("kubernetes:core/v1:PersistentVolume").inputs["spec"]["persistentVolumeReclaimPolicy"] == \
+            "Retain"
+        service = ray_service_of(mocks)
+        assert service["apiVersion"] == "ray.io/v1"
+        spec = service["spec"]
+        assert yaml.safe_load(spec["serveConfigV2"]) == serve_config(config)
+        assert spec["rayClusterConfig"]["rayVersion"] == config.ray_version
+        assert spec["upgradeStrategy"] == {"type": "None"}
+        assert "serviceUnhealthySecondThreshold" not in spec and "deploymentUnhealthySecondThreshold" not in spec
+        annotations = service["metadata"]["annotations"]
+        assert annotations["pulumi.com/waitFor"] == "condition=Ready"
+        assert annotations["ray.io/initializing-timeout"] == config.ray_service.initializing_timeout
+        for container in containers(spec):
+            assert "@sha256:" in container["image"], container["image"]
+            env = {e["name"]: e for e in container["env"]}
+            assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{config.ray_service.name}-hf-token",
+                                                                    "key": "HF_TOKEN"}
+            assert container["resources"]["requests"] == container["resources"]["limits"]
+            assert container["lifecycle"]["preStop"]["exec"]["command"][-1] == "ray stop"
+            assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp/ray", "/dev/shm", "/models"}
+        assert spec["serveService"]["spec"]["type"] == "ClusterIP"
+        assert spec["rayClusterConfig"]["headGroupSpec"]["serviceType"] == "ClusterIP"
+
+    return after(deployment, check)
+
+
+@pulumi.runtime.test
+def test_gpu_pods_request_gpus_and_runtime_class(mocks):
+    use_config(stack_document("gpu"))
+    deployment = main()
+
+    def check():
+        cluster = ray_service_of(mocks)["spec"]["rayClusterConfig"]
+        head = cluster["headGroupSpec"]
+        assert head["rayStartParams"]["num-gpus"] == "8" and head["rayStartParams"]["num-cpus"] == "160"
+        assert head["template"]["spec"]["runtimeClassName"] == "nvidia"
+        assert head["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+            "cpu": "160", "memory": "300G", "nvidia.com/gpu": "8"}
+        workers = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+        assert set(workers) == {"gpu-nvidia", "gpu-nvidia-h100"}  # gpu-amd is disabled
+        assert workers["gpu-nvidia"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "gpu-node-1"}
+        shm = [v for v in head["template"]["spec"]["volumes"] if v["name"] == "dshm"][0]
+        assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
+
+    return after(deployment, check)
+
+
+@pulumi.runtime.test
+def test_cpu_groups_carry_custom_resources_and_vendor_selectors(mocks):
+    use_config(stack_document("cpu"))
+    deployment = main()
+
+    def check():
+        cluster = ray_service_of(mocks)["spec"]["rayClusterConfig"]
+        head = cluster["headGroupSpec"]
+        vendor = "feature.node.kubernetes.io/cpu-model.vendor_id"
+        assert head["template"]["spec"]["nodeSelector"] == {vendor: "Intel"}
+        assert head["rayStartParams"]["num-cpus"] == "0"
+        workers = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+        # KubeRay pastes the value into `ray start --resources=...` in a shell.
+        assert json.loads(json.loads(workers["cpu-amd"]["rayStartParams"]["resources"])) == {"amd_cpu": 1000}
+        assert workers["cpu-amd-2"]["template"]["spec"]["nodeSelector"] == {vendor: "AMD"}
+        images = {g: w["template"]["spec"]["containers"][0]["image"] for g, w in workers.items()}
+        assert "llm-serving-amd@" in images["cpu-amd"] and "llm-serving-intel@" in images["cpu-intel"]
+        assert [p["containerPort"] for p in workers["cpu-intel"]["template"]["spec"]["containers"][0]["ports"]
+                if p["name"] == "serve"] == [8001]
+
+    return after(deployment, check)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pulumi.runtime.test
+def test_secret_values_only_in_their_secrets_and_always_secret(mocks, stack):
+    use_config(stack_document(stack))
+    deployment = main()
+    encoded_password = base64.b64encode(f"llm-serving:{FAKE_REGISTRY_PASSWORD}".encode()).decode()
+
+    def check():
+        holders = {}
+        for resource in mocks.resources:
+            text = json.dumps(plain(resource.inputs))
+            for label, value in (("token", FAKE_HF_TOKEN), ("password", FAKE_REGISTRY_PASSWORD),
+                                 ("password", encoded_password)):
+                if value in text:
+                    holders.setdefault(label, set()).add((resource.type, resource.name))
+        assert holders["token"] == {(SECRET, "secrets-hf-token")}
+        # The push needs the password too (docker Image's registry input): kept a Pulumi secret there as well.
+        assert holders["password"] == {(SECRET, "secrets-registry")} | {(IMAGE, r.name) for r in mocks.of_type(IMAGE)}
+        for resource in mocks.of_type(SECRET):
+            assert rpc.is_rpc_secret(resource.inputs["stringData"]), resource.name
+        for resource in mocks.of_type(IMAGE):
+            registry = resource.inputs["registry"]
+            assert rpc.is_rpc_secret(registry) or rpc.is_rpc_secret(registry["password"])
+        pull = [r for r in mocks.of_type(SECRET) if r.name == "secrets-registry"][0]
+        assert pull.inputs["type"] == "kubernetes.io/dockerconfigjson"
+        auths = json.loads(plain(pull.inputs["stringData"])[".dockerconfigjson"])["auths"]
+        assert auths["registry.example.com"]["auth"] == encoded_password
+        assert FAKE_HF_TOKEN not in ray_service_of(mocks)["spec"]["serveConfigV2"]
+
+    return after(deployment, check)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pulumi.runtime.test
+def test_stack_outputs_are_plaintext_and_hold_no_secret(mocks, stack):
+    use_config(stack_document(stack))
+    deployment = main()
+    config = load_stack(stack)
+    outputs = get_root_resource().outputs
+
+    def check(values):
+        named = dict(zip(outputs, values))
+        assert named["namespace"] == config.namespace
+        endpoints = named["endpoints"]
+        assert set(endpoints) == {a.name for a in config.serve.applications}
+        for app in config.serve.applications:
+            endpoint = endpoints[app.name]
+            assert (endpoint["routePrefix"], endpoint["port"], endpoint["service"]) == (
+                app.route_prefix, config.serve.port, f"{config.ray_service.name}-serve")
+        assert set(named["images"]) == {h.value for h in config.needed_hardware()}
+        assert all("@sha256:" in ref for ref in named["images"].values())
+        text = json.dumps(named)
+        assert FAKE_HF_TOKEN not in text and FAKE_REGISTRY_PASSWORD not in text
+
+    async def not_secret():
+        for name, value in outputs.items():
+            assert not await pulumi.Output.from_input(value).is_secret(), f"output {name} is secret"
+        return True
+
+    return pulumi.Output.all(pulumi.Output.all(*outputs.values()).apply(check), not_secret())
+
+
+# ---- failing config stops the program before any resource ------------------------------------------------------
+
+
+@pulumi.runtime.test
+def test_bad_config_fails_before_anything_is_created(mocks):
+    use_config(with_values("gpu", lambda v: v["serve"]["applications"][0]["args"].update(num_replicas=5)))
+    with pytest.raises(pulumi.RunError, match=r"all replicas together need \{CPU: 100, GPU: 20\}"):
+        main()
+    use_config(with_values("cpu", lambda v: v["headGroup"].update(cpus=16)))
+    with pytest.raises(pulumi.RunError, match=r"llm-serving:headGroup.cpus: Extra inputs are not permitted"):
+        main()
+    assert mocks.resources == []
+
+
+@pulumi.runtime.test
+def test_registry_without_password_is_refused(mocks):
+    pulumi.runtime.set_all_config({k: v for k, v in pulumi_config(stack_document("cpu")).items()
+                                   if not k.endswith("registryPassword")}, SECRET_KEYS)
+    with pytest.raises(pulumi.RunError, match="pulumi config set --secret registryPassword"):
+        main()
+    assert mocks.resources == []
+
+
+# ---- stack options ----------------------------------------------------------------------------------------------
+
+
+@pulumi.runtime.test
+def test_existing_operator_namespace_claim_and_prebuilt_images(mocks):
+    digest = "sha256:" + "b" * 64
+
+    def edit(values):
+        values["kuberay"]["install"] = False
+        values["createNamespace"] = False
+        values["modelStorage"] = {"existingClaim": "shared-models"}
+        values["images"] = {hw: {"reference": f"example.com/{hw.lower()}@{digest}", "rayVersion": "2.60.0",
+                                 "pythonVersion": "3.11"} for hw in ("INTEL", "AMD")}
+        values.pop("registry")
+
+    use_config(with_values("cpu", edit))
+    deployment = main()
+
+    def check():
+        types = {r.type for r in mocks.resources}
+        assert not types & {IMAGE, "kubernetes:helm.sh/v3:Release", "kubernetes:core/v1:Namespace",
+                            "kubernetes:core/v1:PersistentVolume", "kubernetes:core/v1:PersistentVolumeClaim"}
+        assert [r.name for r in mocks.of_type(SECRET)] == ["secrets-hf-token"]  # no registry, no pull secret
+        spec = ray_service_of(mocks)["spec"]
+        images = {c["image"] for c in containers(spec)}
+        assert images == {f"example.com/intel@{digest}", f"example.com/amd@{digest}"}
+        claims = {v["persistentVolumeClaim"]["claimName"] for g in [spec["rayClusterConfig"]["headGroupSpec"]]
+                  for v in g["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+        assert claims == {"shared-models"}
+        assert "imagePullSecrets" not in spec["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+
+    return after(deployment, check)
+
+
+@pulumi.runtime.test
+def test_exposure_and_upgrade_strategy_from_config(mocks):
+    def edit(values):
+        values["serve"]["service"] = {"type": "NodePort", "nodePort": 30801}
+        values["dashboard"] = {"serviceType": "LoadBalancer", "auth": "token"}
+        values["rayService"]["upgradeStrategy"] = {
+            "type": "NewClusterWithIncrementalUpgrade",
+            "clusterUpgradeOptions": {"gatewayClassName": "istio", "intervalSeconds": 30, "stepSizePercent": 25}}
+
+    use_config(with_values("gpu", edit))
+    deployment = main()
+
+    def check():
+        spec = ray_service_of(mocks)["spec"]
+        assert spec["serveService"]["spec"] == {"type": "NodePort", "ports": [
+            {"name": "serve", "port": 8000, "targetPort": 8000, "nodePort": 30801}]}
+        assert spec["rayClusterConfig"]["headGroupSpec"]["serviceType"] == "LoadBalancer"
+        assert spec["rayClusterConfig"]["authOptions"] == {"mode": "token"}
+        assert spec["upgradeStrategy"] == {"type": "NewClusterWithIncrementalUpgrade", "clusterUpgradeOptions": {
+            "gatewayClassName": "istio", "intervalSeconds": 30, "stepSizePercent": 25, "maxSurgePercent": 100}}
+
+    return after(deployment, check)
+
+
+def test_pulumi_timeouts_from_durations():
+    assert [_minutes(d) for d in ("90m", "1h30m", "2h", "45s")] == ["90m", "90m", "120m", "1m"]
+
+
+# ---- each component on its own ----------------------------------------------------------------------------------
+
+
+@pulumi.runtime.test
+def test_serving_images_build_with_the_clusters_versions(mocks):
+    registry = Registry(server="r.example.com", repository="r.example.com/team", username="ci")
+    images = ServingImages("images", ServingImagesArgs(
+        images={TargetDevice.NVIDIA: ImageSpec(dockerfile="images/nvidia/Dockerfile"),
+                TargetDevice.AMD: ImageSpec(reference="x.example.com/amd@sha256:" + "c" * 64,
+                                            ray_version="2.60.0", python_version="3.11")},
+        ray_version="2.60.0", python_version="3.11", tag="t1", registry=registry,
+        registry_password=pulumi.Output.secret("pw")))
+
+    def check(refs):
+        nvidia, amd = refs
+        image = mocks.one(IMAGE).inputs
+        assert image["imageName"] == "r.example.com/team/llm-serving-nvidia:t1"
+        assert image["build"]["args"] == {"RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"}
+        assert image["build"]["dockerfile"].endswith("images/nvidia/Dockerfile")
+        assert image["build"]["platform"] == "linux/amd64"
+        assert nvidia.startswith("r.example.com/team/llm-serving-nvidia@sha256:")
+        assert amd == "x.example.com/amd@sha256:" + "c" * 64
+
+    return pulumi.Output.all(images.refs[TargetDevice.NVIDIA], images.refs[TargetDevice.AMD]).apply(check)
+
+
+@pulumi.runtime.test
+def test_kuberay_operator_chart_is_pinned(mocks):
+    operator = KubeRayOperator("kuberay", KubeRayOperatorArgs(namespace="ops", values={"batchScheduler": {}}))
+
+    def check(_):
+        release = mocks.one("kubernetes:helm.sh/v3:Release").inputs
+        assert (release["chart"], release["version"], release["namespace"]) == ("kuberay-operator", "1.7.0", "ops")
+        assert release["repositoryOpts"] == {"repo": "https://ray-project.github.io/kuberay-helm/"}
+        assert release["createNamespace"] is True and release["values"] == {"batchScheduler": {}}
+
+    return operator.release.urn.apply(check)
+
+
+@pulumi.runtime.test
+def test_serving_secrets_are_secret_and_optional(mocks):
+    registry = Registry(server="r.example.com", repository="r.example.com/team", username="ci")
+    secrets = ServingSecrets("s", ServingSecretsArgs(namespace="ns", name_prefix="svc", labels={},
+                                                     hf_token=pulumi.Output.secret("tok"), registry=registry,
+                                                     registry_password=pulumi.Output.secret("pw")))
+    none = ServingSecrets("none", ServingSecretsArgs(namespace="ns", name_prefix="other", labels={}))
+    assert (none.hf_secret_name, none.pull_secret_name) == (None, None)
+    assert (secrets.hf_secret_name, secrets.pull_secret_name) == ("svc-hf-token", "svc-registry")
+
+    def check(_):
+        by_name = {r.inputs["metadata"]["name"]: r.inputs for r in mocks.of_type(SECRET)}
+        assert set(by_name) == {"svc-hf-token", "svc-registry"}
+        assert plain(by_name["svc-hf-token"]["stringData"]) == {"HF_TOKEN": "tok"}
+        assert all(rpc.is_rpc_secret(s["stringData"]) for s in by_name.values())
+        config = json.loads(plain(by_name["svc-registry"]["stringData"])[".dockerconfigjson"])
+        assert config["auths"]["r.example.com"]["auth"] == base64.b64encode(b"ci:pw").decode()
+
+    return pulumi.Output.all(*[s.urn for s in secrets.secrets]).apply(check)
+
+
+@pulumi.runtime.test
+def test_model_volume_binds_a_retained_nfs_volume(mocks):
+    storage = ModelStorage.model_validate({"nfs": {"server": "10.0.0.5", "path": "/srv/models", "size": "1Ti"}})
+    volume = ModelVolume("models", ModelStorageArgs(storage=storage, namespace="ns", namespace_name="ns",
+                                                    name_prefix="svc", labels={}))
+    existing = ModelVolume("other", ModelStorageArgs(storage=ModelStorage(existing_claim="mine"), namespace="ns",
+                                                     namespace_name="ns", name_prefix="x", labels={}))
+    assert (volume.claim_name, existing.claim_name) == ("svc-models", "mine")
+
+    def check(_):
+        pv = mocks.one("kubernetes:core/v1:PersistentVolume").inputs
+        pvc = mocks.one("kubernetes:core/v1:PersistentVolumeClaim").inputs
+        assert pv["spec"]["nfs"] == {"server": "10.0.0.5", "path": "/srv/models", "readOnly": True}
+        assert pv["spec"]["accessModes"] == ["ReadOnlyMany"] and pv["spec"]["storageClassName"] == ""
+        assert pvc["spec"]["volumeName"] == pv["metadata"]["name"] == "ns-svc-models"
+        assert pvc["spec"]["resources"]["requests"] == {"storage": "1Ti"}
+
+    assert (existing.volume, existing.claim) == (None, None)
+    return pulumi.Output.all(volume.volume.urn, volume.claim.urn).apply(check)

@@ -1,0 +1,147 @@
+"""Offline render: the manifests each stack would apply, validated against the KubeRay 1.7.0 CRD schema and
+Kubernetes' own schemas; no secret value in any file."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pulumi
+import pytest
+import yaml
+
+from infra.config import REPO_ROOT, load_stack
+from infra.render import REDACTED, render
+from infra.serve_config import serve_config
+from tests.infra_helpers import CRD_DIR, STACKS, with_values
+
+BUILT_IN_GROUPS = ("v1", "apps/v1", "rbac.authorization.k8s.io/v1")
+K8S_VERSION = "1.33.0"
+
+
+def _strict(schema: dict) -> dict:
+    """Reject unknown fields (as `kubectl apply --validate=strict` does); the API server would drop them silently."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node: dict) -> None:
+        if not isinstance(node, dict):
+            return
+        if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node \
+                and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node["additionalProperties"] = False
+        for key in ("properties", "patternProperties"):
+            for child in (node.get(key) or {}).values():
+                walk(child)
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                walk(node[key])
+        for key in ("allOf", "anyOf", "oneOf"):
+            for child in node.get(key) or []:
+                walk(child)
+
+    walk(schema)
+    return schema
+
+
+@pytest.fixture(scope="module")
+def rayservice_schema() -> jsonschema.Validator:
+    path = CRD_DIR / "ray.io_rayservices.yaml"
+    if not path.is_file():
+        pytest.fail(f"KubeRay 1.7.0 CRDs not found: expected {path} (../shared/kuberay-crds/v1.7.0/ beside the "
+                    f"repository); the RayService cannot be validated without them")
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1 MB of YAML
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    # One validator for all documents: checking the 1 MB schema itself on every call is what costs time.
+    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def rendered(request, tmp_path_factory) -> tuple[str, list[Path]]:
+    out = tmp_path_factory.mktemp(f"render-{request.param}")
+    return request.param, render(request.param, out)
+
+
+def documents(paths: list[Path]) -> list[dict]:
+    loaded = []
+    for path in paths:
+        docs = list(yaml.safe_load_all(path.read_text()))
+        assert len(docs) == 1, f"{path.name}: one document per file"
+        loaded.append(docs[0])
+    return loaded
+
+
+def test_rayservice_validates_against_kuberay_crd(rendered, rayservice_schema):
+    stack, paths = rendered
+    (service,) = [d for d in documents(paths) if d["kind"] == "RayService"]
+    rayservice_schema.validate(service)
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == serve_config(load_stack(stack))
+
+
+def test_schema_check_catches_unknown_and_mistyped_fields(rendered, rayservice_schema):
+    _, paths = rendered
+    (service,) = [d for d in documents(paths) if d["kind"] == "RayService"]
+    bad = copy.deepcopy(service)
+    bad["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParam"] = {}
+    with pytest.raises(jsonschema.ValidationError, match="rayStartParam"):
+        rayservice_schema.validate(bad)
+    bad = copy.deepcopy(service)
+    bad["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "1"
+    with pytest.raises(jsonschema.ValidationError):
+        rayservice_schema.validate(bad)
+
+
+def test_built_in_kinds_validate(rendered):
+    _, paths = rendered
+    kinds = []
+    for document in documents(paths):
+        if document["apiVersion"] in BUILT_IN_GROUPS:
+            kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+            kinds.append(document["kind"])
+    assert {"Namespace", "Secret", "PersistentVolume", "PersistentVolumeClaim"} <= set(kinds)
+
+
+def test_kubernetes_validate_rejects_unknown_fields():
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"},
+                                      "spex": {}}, K8S_VERSION, strict=True)
+
+
+def test_no_secret_value_is_written(rendered):
+    _, paths = rendered
+    text = "\n".join(p.read_text() for p in paths)
+    # Render feeds placeholders for the secret config; they must not survive either.
+    assert "<hfToken>" not in text and "<registryPassword>" not in text
+    secrets = [d for d in documents(paths) if d["kind"] == "Secret"]
+    assert {s["type"] for s in secrets} == {"Opaque", "kubernetes.io/dockerconfigjson"}
+    for secret in secrets:
+        assert set(secret["stringData"].values()) == {REDACTED}
+        assert "data" not in secret
+
+
+def test_operator_is_rendered_as_a_pinned_helm_release(rendered):
+    _, paths = rendered
+    by_kind = {d["kind"]: d for d in documents(paths)}
+    chart = by_kind["HelmRelease"]["spec"]["chart"]["spec"]
+    assert (chart["chart"], chart["version"]) == ("kuberay-operator", "1.7.0")
+    assert by_kind["HelmRepository"]["spec"]["url"] == "https://ray-project.github.io/kuberay-helm/"
+
+
+def test_render_runs_the_checks(tmp_path):
+    bad = with_values("cpu", lambda v: v["serve"]["applications"][0]["args"].update(num_cpus=999))
+    (tmp_path / "Pulumi.bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(pulumi.RunError, match=r"serve.applications\[0\] \(llama2-cpu-intel\): one replica needs"):
+        render("bad", tmp_path / "out", root=tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_command_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "infra", "render", "--stack", "gpu", "--out", str(tmp_path)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(Path(line).name for line in result.stdout.split())
+    assert any(name.endswith("rayservice-llm-serving.yaml") for name in names)
