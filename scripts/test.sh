@@ -12,4 +12,8 @@ run() {  # label, python, pytest args...
   "$python" -m pytest -p no:cacheprovider "$@" || status=1
 }
 run "main environment: vLLM engine, argument model, Pulumi program" .venv/bin/python tests --engine vllm "$@"
+run "bigdl environment: BigDL-LLM engine (API suite, low-bit cache, batching loop)" .venv-bigdl/bin/python \
+  tests/test_api.py tests/test_bigdl_engine.py tests/test_batching.py --engine bigdl "$@"
+run "onnx environment: ONNX Runtime engine (API suite, conversion, batching loop)" .venv-onnx/bin/python \
+  tests/test_api.py tests/test_onnx_engine.py tests/test_batching.py --engine onnxruntime "$@"
 exit $status

@@ -4,8 +4,8 @@ A Serve config (KubeRay's serveConfigV2) deploys it with `import_path: serving_a
 `args` that `serving_app.serve_args.ServeArgs` validates.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Serve's ingress re-signs the route methods, and FastAPI (0.165, the CPU
+# images') then cannot resolve a string annotation such as "Request" and asks for a `request` query parameter.
 import logging
 from typing import Any
 

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from tests.engine_cases import ENGINE_CASES, available_engines, serve_args
+from tests.engine_cases import ENGINE_CASES, available_engines, installed, serve_args
 from tests.serving import LocalRay, application
 
 ROUTE = "/llm"  # not "/": the API must work under a route prefix, as the cpu stack's /cpu and /acpu
@@ -21,7 +20,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" in metafunc.fixturenames:
         engines = metafunc.config.getoption("engine") or available_engines()
-        missing = [e for e in engines if importlib.util.find_spec(ENGINE_CASES[e][0]) is None]
+        missing = [e for e in engines if not installed(ENGINE_CASES[e][0])]
         if missing:
             raise pytest.UsageError(f"engine(s) {missing} requested but not installed in this environment")
         metafunc.parametrize("engine", engines, scope="session")

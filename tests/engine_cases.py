@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,14 +22,52 @@ def _vllm(model_dir: Path, workdir: Path) -> dict[str, Any]:
     }
 
 
+def _bigdl(model_dir: Path, workdir: Path) -> dict[str, Any]:
+    # The low-bit cache goes beside the model (the default): the first start builds it.
+    return {
+        "model_name": str(model_dir),
+        "target_device": "INTEL",
+        "data_type": "int8",
+        "max_model_len": MAX_MODEL_LEN,
+        "batch_size": 16,  # the concurrency test needs at least 8 requests in one batch
+    }
+
+
+def convert_to_onnx(model_dir: Path, out: Path, *extra: str) -> Path:
+    """Run the conversion command the way an operator does; returns `out`."""
+    subprocess.run([sys.executable, "-m", "serving_app.convert", "onnx", "--model", str(model_dir),
+                    "--out", str(out), *extra], check=True, capture_output=True, timeout=600)
+    return out
+
+
+def _onnxruntime(model_dir: Path, workdir: Path) -> dict[str, Any]:
+    return {
+        "model_name": str(convert_to_onnx(model_dir, workdir / "tiny-llama-onnx-int8")),
+        "target_device": "AMD",
+        "data_type": "int8",
+        "max_model_len": MAX_MODEL_LEN,
+        "batch_size": 16,
+    }
+
+
 # engine -> (module that must import in this environment, serve args builder)
 ENGINE_CASES: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
     "vllm": ("vllm", _vllm),
+    "bigdl": ("bigdl.llm", _bigdl),
+    "onnxruntime": ("optimum.onnxruntime", _onnxruntime),
 }
 
 
+def installed(module: str) -> bool:
+    """find_spec of a dotted name imports its parent, which raises when the parent package is absent."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def available_engines() -> list[str]:
-    return [name for name, (module, _) in ENGINE_CASES.items() if importlib.util.find_spec(module) is not None]
+    return [name for name, (module, _) in ENGINE_CASES.items() if installed(module)]
 
 
 def serve_args(engine: str, model_dir: Path, workdir: Path) -> dict[str, Any]:

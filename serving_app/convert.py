@@ -1,0 +1,150 @@
+"""Convert a Hugging Face model for a CPU engine before serving it.
+
+    python -m serving_app.convert [onnx] --model MODEL --out DIR [--no-quantize] [--quantization avx2] [--force]
+
+`onnx`: exports MODEL (a local directory or hub id) with Optimum (text generation with a KV cache), quantizes it to
+dynamic int8 with ONNX Runtime (unless --no-quantize: float32), and saves config, generation config and tokenizer
+beside it: the directory the `onnxruntime` engine serves. The output appears complete or not at all: it is built in
+a staging directory and renamed into place; on failure the command prints why and exits non-zero.
+
+--quantization picks the int8 kernels' target: avx2 (default: correct on every x86-64 CPU, EPYC generations
+included), avx512, avx512_vnni (Zen 4, Sapphire Rapids: faster), arm64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from . import artifacts
+
+ONNX_KIND = "onnx"
+QUANTIZATION_TARGETS = ("avx2", "avx512", "avx512_vnni", "arm64")
+
+
+class ConversionError(RuntimeError):
+    """The conversion did not produce a model; nothing was written to the output directory."""
+
+
+def onnx_data_type(quantize: bool) -> str:
+    return "int8" if quantize else "float32"
+
+
+def convert_command(model: str, out: str, quantize: bool = True) -> str:
+    """The command line that converts `model` into `out` (quoted in the engine's error messages)."""
+    return f"python -m serving_app.convert onnx --model {model} --out {out}" + ("" if quantize else " --no-quantize")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("optimum", "optimum-onnx", "onnxruntime", "transformers"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def convert_onnx(model: str, out: Path, *, quantize: bool = True, quantization: str = "avx2",
+                 overwrite: bool = False, trust_remote_code: bool = False,
+                 meta: Optional[dict[str, Any]] = None) -> Path:
+    """Export + quantize `model` into `out` atomically; returns `out`. Raises ConversionError."""
+    out = Path(out)
+    if quantization not in QUANTIZATION_TARGETS:
+        raise ConversionError(f"unknown quantization target {quantization!r} (choose from "
+                              f"{', '.join(QUANTIZATION_TARGETS)})")
+    local = Path(model)
+    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise ConversionError(f"model {model!r} does not exist (give a model directory or a hub id)")
+    if local.exists() and not (local / "config.json").is_file():
+        raise ConversionError(f"{model} is not a Hugging Face model directory (no config.json)")
+    if out.exists() and not overwrite:
+        raise ConversionError(f"{out} already exists: pass --force to replace it")
+    try:
+        from optimum.exporters.onnx import main_export
+        from optimum.onnxruntime import ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    except ImportError as error:
+        raise ConversionError(f"the ONNX conversion needs optimum[onnxruntime] and optimum-onnx "
+                              f"(requirements/onnxruntime.txt): {error}") from error
+
+    staging = artifacts.staging_dir(out)
+    try:
+        try:
+            main_export(model, output=staging, task="text-generation-with-past", device="cpu",
+                        do_validation=False, trust_remote_code=trust_remote_code)
+        except Exception as error:
+            raise ConversionError(f"exporting {model} to ONNX failed: {error}") from error
+        file_name = "model.onnx"
+        if not (staging / file_name).is_file():
+            raise ConversionError(f"the ONNX export of {model} wrote no {file_name}")
+        if quantize:
+            external = (staging / "model.onnx_data").exists()  # models over 2 GB keep weights beside the graph
+            work = staging / ".quantized"
+            try:
+                quantizer = ORTQuantizer.from_pretrained(staging, file_name=file_name)
+                config = getattr(AutoQuantizationConfig, quantization)(is_static=False)
+                # No suffix: the int8 graph keeps the name model.onnx (and its external data a matching name).
+                quantizer.quantize(quantization_config=config, save_dir=work, file_suffix=None,
+                                   use_external_data_format=external)
+            except Exception as error:
+                raise ConversionError(f"int8 quantization of {model} failed: {error}") from error
+            if not (work / file_name).is_file():
+                raise ConversionError(f"int8 quantization of {model} wrote no {file_name}")
+            for exported in staging.glob("model.onnx*"):  # the float32 graph
+                exported.unlink()
+            for produced in work.iterdir():  # the int8 graph (and its data), ort_config.json
+                if produced.name.startswith("model") or produced.name == "ort_config.json":
+                    produced.rename(staging / produced.name)
+            shutil.rmtree(work)
+        if not (staging / "tokenizer_config.json").is_file():
+            raise ConversionError(f"{model} has no tokenizer to save beside the ONNX model")
+        record = {
+            "kind": ONNX_KIND,
+            "file_name": file_name,
+            "data_type": onnx_data_type(quantize),
+            "quantization": quantization if quantize else None,
+            "versions": _versions(),
+            **artifacts.source_fingerprint(model),
+            **(meta or {}),
+        }
+        artifacts.seal(staging, record)
+        if overwrite and out.exists():
+            artifacts.discard(out)
+        return artifacts.publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving_app.convert", description=__doc__.splitlines()[0])
+    # One conversion so far; naming it keeps room for others.
+    parser.add_argument("target", nargs="?", choices=["onnx"], default="onnx",
+                        help="onnx: Optimum ONNX export + ONNX Runtime dynamic int8 (AMD CPU engine)")
+    onnx = parser
+    onnx.add_argument("--model", required=True, help="Hugging Face model directory or hub id")
+    onnx.add_argument("--out", required=True, type=Path, help="directory to create")
+    onnx.add_argument("--no-quantize", action="store_true", help="keep float32 weights (data_type float32)")
+    onnx.add_argument("--quantization", choices=QUANTIZATION_TARGETS, default="avx2",
+                      help="int8 kernel target (default avx2: any x86-64 CPU)")
+    onnx.add_argument("--force", action="store_true", help="replace an existing output directory")
+    onnx.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    options = parser.parse_args(argv)
+    try:
+        out = convert_onnx(options.model, options.out, quantize=not options.no_quantize,
+                           quantization=options.quantization, overwrite=options.force,
+                           trust_remote_code=options.trust_remote_code)
+    except (ConversionError, artifacts.ArtifactError, OSError) as error:
+        print(f"error: {error}\nnothing was written to {options.out}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The AMD CPU engine and its conversion command: the converted layout, failures that leave nothing behind, the
+engine's answer to a plain Hugging Face model, startup conversion, and batching through ONNX Runtime. Runs in
+the Optimum environment (.venv-onnx); skipped where Optimum's ONNX Runtime support is absent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("optimum.onnxruntime")
+
+from serving_app import artifacts  # noqa: E402
+from serving_app.engines.base import GenerationRequest, SamplingOptions  # noqa: E402
+from serving_app.engines.onnx_engine import OnnxModelError, OnnxRuntimeEngine, resolve_onnx_model  # noqa: E402
+from serving_app.serve_args import parse_serve_args  # noqa: E402
+from tests.engine_cases import convert_to_onnx  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def convert(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "serving_app.convert", *args], capture_output=True, text=True,
+                          timeout=600, cwd=REPO_ROOT)
+
+
+def siblings(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir())
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("onnx")
+    return {
+        "int8": convert_to_onnx(tiny_model, root / "int8"),
+        "float32": convert_to_onnx(tiny_model, root / "float32", "--no-quantize"),
+    }
+
+
+def test_conversion_writes_a_sealed_int8_model_with_config_and_tokenizer(converted: dict[str, Path]):
+    out = converted["int8"]
+    record, why = artifacts.inspect(out)
+    assert record is not None, why
+    assert record["kind"] == "onnx" and record["data_type"] == "int8" and record["file_name"] == "model.onnx"
+    for name in ("model.onnx", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    assert siblings(out) == ["float32", "int8"], "staging directories left behind"
+    import onnx
+
+    graph = onnx.load(str(out / "model.onnx"))
+    assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for node in graph.graph.node), \
+        "the model is not int8"
+    float_graph = onnx.load(str(converted["float32"] / "model.onnx"))
+    assert not any(node.op_type == "MatMulInteger" for node in float_graph.graph.node)
+    assert json.loads((converted["float32"] / artifacts.MARKER).read_text())["data_type"] == "float32"
+
+
+def test_a_failed_conversion_exits_non_zero_and_writes_nothing(tmp_path: Path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    out = tmp_path / "out"
+    result = convert("onnx", "--model", str(broken), "--out", str(out))
+    assert result.returncode == 1, result.stderr
+    assert "error: exporting" in result.stderr and "nothing was written" in result.stderr
+    assert siblings(out) == ["broken-model"], "a partial output or staging directory was left"
+
+    missing = convert("--model", str(tmp_path / "absent"), "--out", str(out))
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    not_a_model = convert("--model", str(tmp_path), "--out", str(out))
+    assert not_a_model.returncode == 1 and "no config.json" in not_a_model.stderr
+    assert not out.exists()
+
+
+def test_an_existing_output_is_kept_unless_forced(tiny_model: Path, converted: dict[str, Path]):
+    out = converted["int8"]
+    before = artifacts.inspect(out)[0]["build_id"]
+    refused = convert("--model", str(tiny_model), "--out", str(out))
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert artifacts.inspect(out)[0]["build_id"] == before
+
+
+def test_the_engine_refuses_a_plain_hugging_face_model_with_the_command_to_convert_it(tiny_model: Path):
+    with pytest.raises(OnnxModelError) as refused:
+        resolve_onnx_model(str(tiny_model), "int8")
+    message = str(refused.value)
+    assert "is a Hugging Face model directory" in message
+    assert f"python -m serving_app.convert onnx --model {tiny_model} --out {tiny_model}-onnx-int8" in message
+    assert "engine_kwargs.convert: true" in message
+    with pytest.raises(OnnxModelError, match="is not a local directory"):
+        resolve_onnx_model("meta-llama/Llama-2-7b-hf", "int8")
+
+
+def test_the_engine_refuses_the_wrong_precision_and_foreign_onnx_files(converted: dict[str, Path], tmp_path: Path):
+    with pytest.raises(OnnxModelError, match="holds a float32 ONNX model but data_type is int8"):
+        resolve_onnx_model(str(converted["float32"]), "int8")
+    foreign = Path(shutil.copytree(converted["int8"], tmp_path / "foreign"))
+    (foreign / artifacts.MARKER).unlink()
+    with pytest.raises(OnnxModelError, match="not produced by serving_app.convert"):
+        resolve_onnx_model(str(foreign), "int8")
+    damaged = Path(shutil.copytree(converted["int8"], tmp_path / "damaged"))
+    (damaged / "model.onnx").write_bytes(b"")
+    with pytest.raises(OnnxModelError, match="damaged or partial.*--force"):
+        resolve_onnx_model(str(damaged), "int8")
+
+
+def test_convert_true_converts_once_at_startup(tiny_model: Path, tmp_path: Path):
+    model = Path(shutil.copytree(tiny_model, tmp_path / "hf", ignore=shutil.ignore_patterns(".*")))
+    directory, record = resolve_onnx_model(str(model), "int8", convert=True)
+    assert directory == model / ".onnx-cache" / "int8-avx2" and record["data_type"] == "int8"
+    again, second = resolve_onnx_model(str(model), "int8", convert=True)
+    assert again == directory and second["build_id"] == record["build_id"], "converted twice"
+
+
+def engine_args(model: Path, **overrides: Any):
+    return parse_serve_args({"model_name": str(model), "target_device": "AMD", "max_model_len": 512,
+                             "batch_size": 8, "batch_timeout": 0.3, **overrides})
+
+
+async def _serve(engine: OnnxRuntimeEngine, prompts: list[list[int]], max_tokens: int, together: bool) -> list[str]:
+    async def one(i: int) -> str:
+        request = GenerationRequest(f"r{i}-{together}", prompts[i],
+                                    SamplingOptions(max_tokens=max_tokens, temperature=0, ignore_eos=True))
+        return "".join([chunk.text async for chunk in engine.generate(request)])
+
+    if together:
+        return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
+    return [await one(i) for i in range(len(prompts))]
+
+
+PROMPTS = ["the", "a request to the cluster of nodes with memory", "model serve token " * 8]
+
+
+def test_float32_onnx_output_is_the_same_alone_and_batched(converted: dict[str, Path]):
+    engine = OnnxRuntimeEngine(engine_args(converted["float32"], data_type="float32"))
+
+    async def scenario():
+        await engine.start()
+        try:
+            prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
+            return await _serve(engine, prompts, 24, False), await _serve(engine, prompts, 24, True)
+        finally:
+            await engine.shutdown()
+
+    alone, batched = asyncio.run(scenario())
+    assert all(alone) and batched == alone
+
+
+def test_int8_engine_batches_requests_of_different_lengths(converted: dict[str, Path]):
+    engine = OnnxRuntimeEngine(engine_args(converted["int8"], data_type="int8"))
+
+    async def scenario():
+        await engine.start()
+        try:
+            prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
+            texts = await _serve(engine, prompts, 16, True)
+            return texts, engine.stats()
+        finally:
+            await engine.shutdown()
+
+    texts, stats = asyncio.run(scenario())
+    # Dynamic int8 quantizes activations per tensor, over the whole batch: batched outputs may differ slightly
+    # from single ones, so this checks only that every request got its own full answer.
+    assert all(texts) and len(set(texts)) == 3
+    assert stats.running_requests == 0 and stats.extra["decode_steps"] < 2 * 16  # one after another: 45
+
+
+def test_the_engine_refuses_unknown_engine_kwargs(converted: dict[str, Path]):
+    with pytest.raises(ValueError, match=r"\['convert_model'\].*convert"):
+        OnnxRuntimeEngine(engine_args(converted["int8"], engine_kwargs={"convert_model": True}))
