@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from serving_app.serve_args import EngineName, ServeArgs, TargetDevice
 
-from .config import REPO_ROOT, StackConfigError, load_stack
+from .config import MODELS_MOUNT, REPO_ROOT, StackConfigError, load_stack
 from .local_ray import LocalRay, http_json
 from .serve_config import serve_config
 
@@ -143,6 +143,15 @@ def plan(stack_name: str, model: Optional[str] = None, port: Optional[int] = Non
         if engine is EngineName.VLLM and on_cpu and "kv_cache_memory_bytes" not in args.engine_kwargs:
             updates["engine_kwargs"] = {**args.engine_kwargs, "kv_cache_memory_bytes": LOCAL_KV_CACHE_BYTES}
             changes.append(f"vLLM CPU KV cache fixed at {LOCAL_KV_CACHE_BYTES >> 20} MiB")
+        volume_paths = {key: value for key, value in args.engine_kwargs.items()
+                        if isinstance(value, str) and value.startswith(MODELS_MOUNT + "/")}
+        if volume_paths:
+            # No model volume here: its directories live under the local cache instead.
+            local_kwargs = dict(updates.get("engine_kwargs", args.engine_kwargs))
+            for key, value in volume_paths.items():
+                local_kwargs[key] = str(CACHE / "models-volume" / value[len(MODELS_MOUNT) + 1:])
+                changes.append(f"engine_kwargs.{key} {value} -> {local_kwargs[key]}")
+            updates["engine_kwargs"] = local_kwargs
         model_path = Path(model) if model else None
         if model is None:
             model_path = tiny_model(engine)

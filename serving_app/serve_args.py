@@ -74,6 +74,26 @@ _DATA_TYPE_ALIASES = {
 }
 _TARGET_ALIASES = {"GPU": "NVIDIA", "CUDA": "NVIDIA", "ROCM": "AMD_GPU", "AMDGPU": "AMD_GPU"}
 
+# The CPU engines' engine_kwargs, known here so a typo fails at `pulumi preview`. vLLM's are too many to mirror:
+# vLLM checks them when the replica starts.
+_BATCHING_ENGINE_KWARGS = {
+    "num_threads": "compute threads (default: the replica's num_cpus)",
+    "max_prefill_tokens": "padded tokens per prefill forward (default 4096)",
+}
+ENGINE_KWARGS: dict[EngineName, dict[str, str]] = {
+    EngineName.BIGDL: {
+        **_BATCHING_ENGINE_KWARGS,
+        "low_bit_cache_dir": "where converted models are cached (default: <model>/.bigdl-cache, else ~/.cache)",
+        "trust_remote_code": "run the model repository's own modelling code (default false)",
+    },
+    EngineName.ONNXRUNTIME: {
+        **_BATCHING_ENGINE_KWARGS,
+        "convert": "true: convert a Hugging Face model at startup instead of refusing it (default false)",
+        "onnx_cache_dir": "where startup conversions are cached (default: <model>/.onnx-cache, else ~/.cache)",
+        "quantization": "int8 kernel target of a startup conversion: avx2 (default), avx512, avx512_vnni, arm64",
+    },
+}
+
 # engine_kwargs keys that would silently fight a typed argument.
 _TYPED_ENGINE_KWARGS = {
     "model": "model_name",
@@ -172,8 +192,13 @@ class ServeArgs(BaseModel):
         for key in self.engine_kwargs:
             if key in _TYPED_ENGINE_KWARGS:
                 raise ValueError(f"engine_kwargs.{key}: set by the typed argument {_TYPED_ENGINE_KWARGS[key]!r}")
-            if "token" in key.lower() and "tokenizer" not in key.lower():
+            if "token" in key.lower() and "tokenizer" not in key.lower() and not key.endswith("_tokens"):
                 raise ValueError(f"engine_kwargs.{key}: tokens must come from the HF_TOKEN environment variable")
+            known = ENGINE_KWARGS.get(self.engine)
+            if known is not None and key not in known:
+                described = "; ".join(f"{name}: {text}" for name, text in sorted(known.items()))
+                raise ValueError(f"engine_kwargs.{key}: not understood by the {self.engine.value} engine "
+                                 f"(it takes: {described})")
         for name, amount in self.resources.items():
             if name in ("CPU", "GPU", "memory"):
                 raise ValueError(f"resources.{name}: use num_cpus / gpu_count, not a custom resource")

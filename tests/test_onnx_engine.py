@@ -171,6 +171,6 @@ def test_int8_engine_batches_requests_of_different_lengths(converted: dict[str, 
     assert stats.running_requests == 0 and stats.extra["decode_steps"] < 2 * 16  # one after another: 45
 
 
-def test_the_engine_refuses_unknown_engine_kwargs(converted: dict[str, Path]):
-    with pytest.raises(ValueError, match=r"\['convert_model'\].*convert"):
-        OnnxRuntimeEngine(engine_args(converted["int8"], engine_kwargs={"convert_model": True}))
+def test_unknown_engine_kwargs_are_refused_before_the_engine_exists(converted: dict[str, Path]):
+    with pytest.raises(ValueError, match=r"engine_kwargs.convert_model: not understood.*convert:"):
+        engine_args(converted["int8"], engine_kwargs={"convert_model": True})

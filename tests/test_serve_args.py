@@ -88,7 +88,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_validated_args_survive_a_round_trip():
-    args = ServeArgs(model_name="m", target_device="AMD", engine_kwargs={"intra_op_threads": 8})
+    args = ServeArgs(model_name="m", target_device="AMD", engine_kwargs={"num_threads": 8})
     assert ServeArgs.model_validate(args.model_dump(mode="json")) == args
 
 
@@ -99,3 +99,13 @@ def test_the_model_imports_without_ray_or_engines():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cpu_engine_kwargs_are_checked_before_any_replica_starts():
+    with pytest.raises(ValueError) as error:
+        parse_serve_args({"model_name": "m", "target_device": "AMD", "engine_kwargs": {"convrt": True}})
+    assert "args.engine_kwargs.convrt: not understood by the onnxruntime engine" in str(error.value)
+    assert "convert:" in str(error.value)
+    args = parse_serve_args({"model_name": "m", "target_device": "INTEL",
+                             "engine_kwargs": {"low_bit_cache_dir": "/models/cache", "max_prefill_tokens": 2048}})
+    assert args.engine_kwargs["max_prefill_tokens"] == 2048

@@ -517,26 +517,13 @@ class LoadedModel:
     description: str = ""
 
 
-COMMON_ENGINE_KWARGS = {
-    "num_threads": "compute threads (default: the replica's num_cpus)",
-    "max_prefill_tokens": f"padded tokens per prefill forward (default {DEFAULT_MAX_PREFILL_TOKENS})",
-}
-
-
 class BatchingEngine(Engine):
     """An engine whose model runs in this process, batched by `BatchScheduler`. Subclasses only load the model."""
 
     label = "cpu"
-    engine_kwargs_help: dict[str, str] = {}
 
     def __init__(self, args: ServeArgs):
-        super().__init__(args)
-        allowed = {**COMMON_ENGINE_KWARGS, **self.engine_kwargs_help}
-        unknown = sorted(set(args.engine_kwargs) - set(allowed))
-        if unknown:
-            described = "; ".join(f"{key}: {text}" for key, text in sorted(allowed.items()))
-            raise ValueError(f"engine_kwargs {unknown} are not understood by the {self.label} engine "
-                             f"(it takes: {described})")
+        super().__init__(args)  # ServeArgs already refused engine_kwargs this engine does not take
         self.num_threads = int(args.engine_kwargs.get("num_threads") or max(1, int(args.num_cpus)))
         self._scheduler: Optional[BatchScheduler] = None
         self._loaded: Optional[LoadedModel] = None

@@ -85,11 +85,6 @@ def load_low_bit_model(model_name: str, precision: str, cache_dir: Optional[str]
 
 class BigDLEngine(BatchingEngine):
     label = "bigdl"
-    engine_kwargs_help = {
-        "low_bit_cache_dir": "where converted models are cached (default: <model>/.bigdl-cache, else ~/.cache)",
-        "trust_remote_code": "run the model repository's own modelling code (default false)",
-    }
-
     def __init__(self, args: ServeArgs):
         super().__init__(args)
         if args.data_type not in LOW_BIT:

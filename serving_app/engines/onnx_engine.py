@@ -84,12 +84,6 @@ def resolve_onnx_model(model_name: str, data_type: str, convert: bool = False, c
 
 class OnnxRuntimeEngine(BatchingEngine):
     label = "onnxruntime"
-    engine_kwargs_help = {
-        "convert": "true: convert a Hugging Face model at startup instead of refusing it (default false)",
-        "onnx_cache_dir": "where startup conversions are cached (default: <model>/.onnx-cache, else ~/.cache)",
-        "quantization": "int8 kernel target of a startup conversion: avx2 (default), avx512, avx512_vnni, arm64",
-    }
-
     def __init__(self, args: ServeArgs):
         super().__init__(args)
         if args.data_type not in (DataType.INT8, DataType.FLOAT32):
