@@ -4,8 +4,9 @@ here with the app, the demand and the node group named, instead of as a pod pend
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping, Optional
 
 from serving_app.serve_args import EngineName, TargetDevice
 
@@ -14,7 +15,7 @@ from .config import MODELS_MOUNT, REPO_ROOT, NodeGroup, StackConfig
 # Ports Ray itself binds on every pod (GCS, dashboard, client, metrics, dashboard agent used by KubeRay's probes).
 RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "dashboard-agent": 52365}
 
-# The engine each hardware's image carries (images/<hardware>/Dockerfile).
+# The engine each hardware's image carries (its Dockerfile; for images/cpu, its ENGINE build arg).
 IMAGE_ENGINE = {
     TargetDevice.NVIDIA: EngineName.VLLM,
     TargetDevice.AMD_GPU: EngineName.VLLM,
@@ -154,11 +155,89 @@ def _arg_defaults(dockerfile: str) -> dict[str, str]:
     return dict(re.findall(r"^\s*ARG\s+([A-Z_]+)=(\S+)", dockerfile, flags=re.MULTILINE))
 
 
-def _copied_requirement_files(dockerfile: str) -> list[str]:
+class UnresolvedArg(ValueError):
+    """A `$NAME` in a Dockerfile that the build would expand to an empty string, building something else."""
+
+    def __init__(self, name: str, declared: bool, text: str):
+        self.name, self.text = name, text
+        why = "has no default: set it in buildArgs" if declared else "is not an ARG of the Dockerfile"
+        super().__init__(f"`{text}`: ${name} {why}")
+
+
+# $NAME, ${NAME}, ${NAME:-word}, ${NAME:+word}: the forms Dockerfile instructions expand.
+_REFERENCE = re.compile(r"\$(?:\{([A-Za-z_]\w*)(?::([-+])([^}]*))?\}|([A-Za-z_]\w*))")
+
+
+def _substitute(text: str, scope: Mapping[str, Optional[str]]) -> str:
+    """Expand references; scope maps each declared name to its value, None where declared without one."""
+    def expand(match: re.Match) -> str:
+        name = match.group(1) or match.group(4)
+        value = scope.get(name)
+        if match.group(2) == "-":
+            return value if value else _substitute(match.group(3), scope)
+        if match.group(2) == "+":
+            return _substitute(match.group(3), scope) if value else ""
+        if value is None:
+            raise UnresolvedArg(name, name in scope, text)
+        return value
+
+    return _REFERENCE.sub(expand, text)
+
+
+def _instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per logical line: continuations joined, comment lines dropped."""
+    result, pending = [], ""
+    for line in dockerfile.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        logical, pending = (pending + line).strip(), ""
+        if logical:
+            instruction, _, rest = logical.partition(" ")
+            result.append((instruction.upper(), rest.strip()))
+    return result
+
+
+def dockerfile_args(dockerfile: str) -> set[str]:
+    """Every ARG name the Dockerfile declares (a build arg it does not declare is ignored by docker)."""
+    return {token.split("=", 1)[0] for instruction, rest in _instructions(dockerfile) if instruction == "ARG"
+            for token in shlex.split(rest)}
+
+
+def _copied_requirement_files(dockerfile: str, build_args: Optional[Mapping[str, str]] = None) -> list[str]:
+    """The requirements files COPY takes from the build context, `$ARG`s resolved as `docker build` would: ARG
+    defaults overridden by build_args, scoped per stage (an ARG before FROM only reaches a stage that redeclares it).
+    Raises UnresolvedArg for a reference that would expand to nothing."""
+    build_args = build_args or {}
+    global_scope: dict[str, Optional[str]] = {}
+    scope: Optional[dict[str, Optional[str]]] = None  # None until the first FROM
     files = []
-    for line in re.findall(r"^\s*COPY\s+(.+)$", dockerfile, flags=re.MULTILINE):
-        parts = [p for p in line.split() if not p.startswith("--")]
-        files += [p for p in parts[:-1] if p.endswith(".txt")]
+    for instruction, rest in _instructions(dockerfile):
+        if instruction == "FROM":
+            scope = {}
+        elif instruction == "ARG":
+            target = global_scope if scope is None else scope
+            for token in shlex.split(rest):
+                name, has_default, default = token.partition("=")
+                if name in build_args:
+                    target[name] = build_args[name]
+                elif has_default:
+                    target[name] = _substitute(default, target)
+                else:
+                    target[name] = global_scope.get(name) if scope is not None else None
+        elif instruction == "ENV" and scope is not None and rest:
+            tokens = shlex.split(rest)  # ENV K=V [K=V ...], or the legacy ENV K V
+            pairs = [t.partition("=")[::2] for t in tokens] if "=" in tokens[0] else [(tokens[0], " ".join(tokens[1:]))]
+            for name, value in pairs:
+                scope[name] = _substitute(value, scope)
+        elif instruction == "COPY" and scope is not None:
+            parts = rest.split()
+            if any(p.startswith("--from") for p in parts):  # from another stage or image, not the context
+                continue
+            sources = [p for p in parts if not p.startswith("--")][:-1]
+            files += [path for path in (_substitute(p, scope) for p in sources) if path.endswith(".txt")]
     return files
 
 
@@ -192,11 +271,27 @@ def check_images(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
         for arg, want in (("RAY_VERSION", stack.ray_version), ("PYTHON_VERSION", stack.python_version)):
             if defaults.get(arg) != want:
                 problems.append(f"{key}: {spec.dockerfile} has ARG {arg}={defaults.get(arg)}, the cluster needs {want}")
+        declared = dockerfile_args(text)
+        for name in spec.build_args:
+            if name not in declared:  # docker ignores it with a warning; most likely a typo
+                problems.append(f"{key}.buildArgs.{name}: {spec.dockerfile} declares no ARG {name}")
+        engine = spec.build_args.get("ENGINE", defaults.get("ENGINE"))
+        if "ENGINE" in declared and engine is not None and engine != IMAGE_ENGINE[hardware].value:
+            # Apps are placed by hardware, so the hardware's image must carry the engine its apps run.
+            problems.append(f"{key}.buildArgs.ENGINE: {engine}, but {hardware.value} images carry "
+                            f"{IMAGE_ENGINE[hardware].value}")
+        try:
+            requirements = _copied_requirement_files(text, spec.docker_build_args(stack.ray_version,
+                                                                                  stack.python_version))
+        except UnresolvedArg as error:
+            problems.append(f"{key}.buildArgs: {spec.dockerfile} copies {error}")
+            continue
         pins = []
-        for requirement in _copied_requirement_files(text):
+        for requirement in requirements:
             req_path = root / requirement
             if not req_path.is_file():
-                problems.append(f"{key}: {spec.dockerfile} copies {requirement}, which does not exist")
+                given = f" (buildArgs {spec.build_args})" if spec.build_args else ""
+                problems.append(f"{key}: {spec.dockerfile} copies {requirement}{given}, which does not exist")
                 continue
             pins += [(requirement, pin) for pin in _ray_pins(req_path.read_text())]
         if not pins:

@@ -32,6 +32,9 @@ GPU_RESOURCE_NAMES = {TargetDevice.NVIDIA: "nvidia.com/gpu", TargetDevice.AMD_GP
 # Hardware a node group can be; TargetDevice.CPU (vLLM's CPU build) is for local mode only.
 CLUSTER_HARDWARE = (TargetDevice.NVIDIA, TargetDevice.AMD_GPU, TargetDevice.INTEL, TargetDevice.AMD)
 
+# Build args the program always passes (asserted by the Dockerfiles), by the stack key they come from.
+RESERVED_BUILD_ARGS = {"RAY_VERSION": "rayVersion", "PYTHON_VERSION": "pythonVersion"}
+
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DURATION = r"^([0-9]+(h|m|s))+$"
@@ -131,6 +134,24 @@ class ImageSpec(_Model):
     ray_version: Optional[str] = Field(default=None, description="Prebuilt only: the Ray the image carries.")
     python_version: Optional[str] = Field(default=None, description="Prebuilt only: the image's Python X.Y.")
     platform: str = "linux/amd64"
+    build_args: dict[str, str] = Field(
+        default_factory=dict, description="Docker build args, e.g. {ENGINE: bigdl}; merged with Ray/Python's."
+    )
+
+    def docker_build_args(self, ray_version: str, python_version: str) -> dict[str, str]:
+        """What the build gets: buildArgs plus the stack's versions (which the Dockerfiles assert)."""
+        return {**self.build_args, "RAY_VERSION": ray_version, "PYTHON_VERSION": python_version}
+
+    @field_validator("build_args")
+    @classmethod
+    def _user_build_args(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name}: not a Dockerfile ARG name (letters, digits, _)")
+            if name in RESERVED_BUILD_ARGS:
+                # The program passes the stack's versions and the build asserts them: one source of truth.
+                raise ValueError(f"{name}: set from the stack's {RESERVED_BUILD_ARGS[name]}, not in buildArgs")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> "ImageSpec":
@@ -141,6 +162,8 @@ class ImageSpec(_Model):
                 raise ValueError("reference must pin a digest (repository@sha256:<64 hex>) so pods run what was tested")
             if self.ray_version is None or self.python_version is None:
                 raise ValueError("a prebuilt reference must declare rayVersion and pythonVersion (checked)")
+            if self.build_args:
+                raise ValueError("buildArgs applies to a dockerfile build, not a prebuilt reference")
         elif self.ray_version is not None or self.python_version is not None:
             raise ValueError("rayVersion/pythonVersion are read from the Dockerfile; set them only for a reference")
         return self

@@ -1,4 +1,5 @@
-"""Serving images: one per hardware target, built from images/<target>/Dockerfile and pushed, or prebuilt."""
+"""Serving images: one per hardware target, built from a Dockerfile in images/ (with the stack's buildArgs) and
+pushed, or prebuilt."""
 
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ class ServingImages(pulumi.ComponentResource):
                     context=str(REPO_ROOT),
                     dockerfile=str(REPO_ROOT / spec.dockerfile),
                     platform=spec.platform,
-                    # The Dockerfile asserts these at build time: a mismatched base fails the build, not the pod.
-                    args={"RAY_VERSION": args.ray_version, "PYTHON_VERSION": args.python_version},
+                    # The Dockerfile asserts the Ray/Python args at build time: a mismatched base fails the build,
+                    # not the pod. The same args checks.py resolved the Dockerfile with at preview.
+                    args=spec.docker_build_args(args.ray_version, args.python_version),
                 ),
                 registry=docker.RegistryArgs(
                     server=args.registry.server,

@@ -190,7 +190,73 @@ def test_images_must_carry_the_clusters_ray_version():
 
 def test_images_must_carry_the_clusters_python():
     problems = problems_of("cpu", lambda v: v.update(pythonVersion="3.12"))
-    assert "images.INTEL: images/intel-cpu/Dockerfile has ARG PYTHON_VERSION=3.11, the cluster needs 3.12" in problems
+    assert "images.INTEL: images/cpu/Dockerfile has ARG PYTHON_VERSION=3.11, the cluster needs 3.12" in problems
+
+
+def test_both_cpu_images_carry_the_clusters_ray_version():
+    # Each resolves the shared Dockerfile's requirements/${ENGINE}.txt with its own buildArgs.
+    problems = problems_of("cpu", lambda v: v.update(rayVersion="2.61.0"))
+    assert "images.INTEL: requirements/bigdl.txt pins ray 2.60.0, the cluster's rayVersion is 2.61.0" in problems
+    assert "images.AMD: requirements/onnxruntime.txt pins ray 2.60.0, the cluster's rayVersion is 2.61.0" in problems
+
+
+# ---- build args ------------------------------------------------------------------------------------------------
+
+
+def set_build_args(hardware: str, build_args):
+    return lambda values: values["images"][hardware].update(buildArgs=build_args)
+
+
+def test_missing_build_arg_is_unresolvable():
+    problems = problems_of("cpu", lambda v: v["images"]["AMD"].pop("buildArgs"))
+    assert ("images.AMD.buildArgs: images/cpu/Dockerfile copies `requirements/${ENGINE}.txt`: $ENGINE has no "
+            "default: set it in buildArgs") in problems
+
+
+def test_misspelt_build_arg_is_named():
+    problems = problems_of("cpu", set_build_args("AMD", {"ENGIN": "onnxruntime"}))
+    assert "images.AMD.buildArgs.ENGIN: images/cpu/Dockerfile declares no ARG ENGIN" in problems
+    assert "images.AMD.buildArgs: images/cpu/Dockerfile copies `requirements/${ENGINE}.txt`" in problems
+
+
+def test_build_arg_naming_no_requirements_file():
+    problems = problems_of("cpu", set_build_args("AMD", {"ENGINE": "onnx"}))
+    assert ("images.AMD: images/cpu/Dockerfile copies requirements/onnx.txt (buildArgs {'ENGINE': 'onnx'}), which "
+            "does not exist") in problems
+    assert "images.AMD.buildArgs.ENGINE: onnx, but AMD images carry onnxruntime" in problems
+
+
+def test_build_args_must_give_the_hardware_its_engine():
+    def swap(values):
+        set_build_args("INTEL", {"ENGINE": "onnxruntime"})(values)
+        set_build_args("AMD", {"ENGINE": "bigdl"})(values)
+
+    problems = problems_of("cpu", swap).splitlines()
+    assert problems == ["images.INTEL.buildArgs.ENGINE: onnxruntime, but INTEL images carry bigdl",
+                        "images.AMD.buildArgs.ENGINE: bigdl, but AMD images carry onnxruntime"]
+
+
+@pytest.mark.parametrize("name, key", [("RAY_VERSION", "rayVersion"), ("PYTHON_VERSION", "pythonVersion")])
+def test_build_args_cannot_override_the_stacks_versions(name, key):
+    message = config_error("cpu", set_build_args("AMD", {"ENGINE": "onnxruntime", name: "1"}))
+    assert f"llm-serving:images.AMD.buildArgs.{name}: set from the stack's {key}, not in buildArgs" in message
+
+
+def test_build_args_are_typed():
+    assert "llm-serving:images.AMD.buildArgs.ENGINE: Input should be a valid string" in \
+        config_error("cpu", set_build_args("AMD", {"ENGINE": 3}))
+    assert "llm-serving:images.AMD.buildArgs.BAD-NAME: not a Dockerfile ARG name" in \
+        config_error("cpu", set_build_args("AMD", {"BAD-NAME": "x"}))
+    assert "llm-serving:images.AMD.buildArg: Extra inputs are not permitted" in \
+        config_error("cpu", lambda v: v["images"]["AMD"].update(buildArg={"ENGINE": "onnxruntime"}))
+
+
+def test_build_args_only_for_a_build():
+    digest = "sha256:" + "a" * 64
+    message = config_error("cpu", lambda v: v["images"].update(AMD={
+        "reference": f"example.com/amd@{digest}", "rayVersion": "2.60.0", "pythonVersion": "3.11",
+        "buildArgs": {"ENGINE": "onnxruntime"}}))
+    assert "llm-serving:images.AMD: buildArgs applies to a dockerfile build, not a prebuilt reference" in message
 
 
 def test_prebuilt_image_versions_are_checked():

