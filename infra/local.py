@@ -84,7 +84,7 @@ def onnx_model(source: Path, quantize: bool) -> Path:
     """Our conversion command's output for a Hugging Face model directory, cached by source and precision."""
     if (source / "model.onnx").exists():
         return source
-    target = CACHE / "models" / f"{source.name}-onnx-{'int8' if quantize else 'fp32'}"
+    target = CACHE / "models" / f"{source.name}-converted-{'int8' if quantize else 'fp32'}"
     if not (target / "model.onnx").exists():
         print(f"[local] converting {source} to ONNX{' int8' if quantize else ''} into {target} (once)")
         command = ["-m", "serving_app.convert", "--model", str(source), "--out", str(target)]
