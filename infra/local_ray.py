@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .manifests import RAY_SERVING_ENV
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,7 +60,8 @@ class LocalRay:
         self.dashboard_port = free_port()
         self.serve_port = serve_port or free_port()
         self.bin = Path(python or sys.executable).parent
-        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+        # The same worker priority as the cluster's pods (infra/manifests.py RAY_SERVING_ENV).
+        self.env = {**os.environ, **RAY_SERVING_ENV, "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
         self.env.pop("RAY_ADDRESS", None)
 
     def state(self) -> dict[str, Any]:

@@ -48,6 +48,12 @@ def _ray_start_params(group: NodeGroup, head: bool) -> dict[str, str]:
     return params
 
 
+# Ray starts its workers (Serve replicas and the engines they spawn) at nice 15, so on a busy node they yield the
+# CPU to Ray's own daemons: measured 0.75-0.91x bare vLLM's throughput at 15, 1.09-1.14x at 0
+# (benchmarks/RESULTS.md, issue 5). A node group's `env` may still override it.
+RAY_SERVING_ENV = {"RAY_worker_niceness": "0"}
+
+
 def _container_ports(stack: StackConfig, head: bool) -> list[dict[str, Any]]:
     ports = []
     if head:
@@ -78,6 +84,7 @@ def pod_template(
     storage = stack.model_storage
     if storage is not None and storage.hf_cache_dir:
         env.append({"name": "HF_HOME", "value": storage.hf_cache_dir})
+    env += [{"name": name, "value": value} for name, value in sorted(RAY_SERVING_ENV.items()) if name not in group.env]
     env += [{"name": name, "value": value} for name, value in sorted(group.env.items())]
 
     mounts = [

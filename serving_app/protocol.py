@@ -39,6 +39,7 @@ class _SamplingFields(_Request):
     # Accepted only at their neutral values: we do not implement them and will not pretend to.
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # vLLM's extension; its load generator always sends the neutral 1.0
     logprobs: Optional[Any] = None
 
     @field_validator("stop")
@@ -57,8 +58,8 @@ class _SamplingFields(_Request):
     def _refuse_unsupported(self):
         if self.n != 1:
             raise ValueError("n > 1 is not supported: send n separate requests (they are batched together)")
-        if self.presence_penalty or self.frequency_penalty:
-            raise ValueError("presence_penalty and frequency_penalty are not supported")
+        if self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0:
+            raise ValueError("presence_penalty, frequency_penalty and repetition_penalty are not supported")
         if self.logprobs not in (None, False):
             raise ValueError("logprobs are not supported")
         if self.stream_options is not None and not self.stream:

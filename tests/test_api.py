@@ -155,6 +155,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {"model": "gpt-4", "prompt": "x"}, 404, "model_not_found"),
     ("/v1/completions", {"model": SERVED_MODEL, "prompt": "x", "n": 2}, 400, "invalid_request"),
     ("/v1/completions", {"model": SERVED_MODEL, "prompt": "x", "temperatur": 1}, 400, "invalid_request"),
+    ("/v1/completions", {"model": SERVED_MODEL, "prompt": "x", "repetition_penalty": 1.3}, 400, "invalid_request"),
     ("/v1/chat/completions", {"model": SERVED_MODEL, "messages": []}, 400, "invalid_request"),
     ("/v1/chat/completions", {"model": SERVED_MODEL, "messages": [{"role": "robot", "content": "x"}]}, 400,
      "invalid_request"),

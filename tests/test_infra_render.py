@@ -145,3 +145,14 @@ def test_render_command_line(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(Path(line).name for line in result.stdout.split())
     assert any(name.endswith("rayservice-llm-serving.yaml") for name in names)
+
+
+def test_ray_workers_run_at_normal_priority(rendered):
+    """Ray's default nice 15 for workers costs the engines their CPU (benchmarks/RESULTS.md, issue 5)."""
+    _, paths = rendered
+    spec = next(doc for doc in documents(paths) if doc["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"]] + spec.get("workerGroupSpecs", [])
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {item["name"]: item.get("value") for item in container["env"]}
+            assert env.get("RAY_worker_niceness") == "0", container["name"]
