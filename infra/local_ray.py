@@ -80,7 +80,7 @@ class LocalRay:
         return ray
 
     def processes(self) -> list[int]:
-        return [pid for pid in _pids_using(self.temp_dir) if _alive(pid)]
+        return [pid for pid in pids_using(self.temp_dir) if _alive(pid)]
 
     @property
     def address(self) -> str:
@@ -121,7 +121,7 @@ class LocalRay:
 
     def stop(self) -> None:
         """Stop this head only (`ray stop` would stop every Ray on the machine): kill its session's processes."""
-        pids = _pids_using(self.temp_dir)
+        pids = pids_using(self.temp_dir)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in pids:
                 try:
@@ -181,33 +181,38 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _pids_using(temp_dir: Path) -> list[int]:
-    """Processes whose command line or environment names this head's temp dir, plus their descendants."""
-    marker = str(temp_dir).encode()
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if marker in (proc / "cmdline").read_bytes() or marker in (proc / "environ").read_bytes():
-                found.add(int(proc.name))
-        except OSError:
-            continue
+def descendants(roots: list[int]) -> list[int]:
+    """The given processes and all their descendants (from /proc's parent links)."""
     children: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                parent = int((proc / "stat").read_text().split(")")[-1].split()[1])
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(parent, []).append(int(proc.name))
-    stack = list(found)
+    found, stack = set(roots), list(roots)
     while stack:
         for child in children.get(stack.pop(), []):
             if child not in found:
                 found.add(child)
                 stack.append(child)
     return sorted(found)
+
+
+def pids_using(temp_dir: Path) -> list[int]:
+    """Processes whose command line or environment names this head's temp dir, plus their descendants."""
+    marker = str(temp_dir).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "cmdline").read_bytes() or marker in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return descendants(found)
 
 
 @contextmanager

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving import _pids_using, http_json
+from tests.serving import pids_using, http_json
 
 
 def _engine_core_pids(temp_dir: Path) -> list[int]:
     pids = []
-    for pid in _pids_using(temp_dir):
+    for pid in pids_using(temp_dir):
         try:
             if b"EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 pids.append(pid)

@@ -1,0 +1,120 @@
+"""Where the serving time goes in our app: py-spy samples the Ray Serve proxy and the replica while
+`vllm bench serve` drives a streaming load, and the samples are attributed by code owner.
+
+    .venv/bin/python benchmarks/profile_overhead.py [--concurrency 32] [--variant ours-nice0] [--seconds 20]
+
+py-spy (pip install --target /tmp/serving-bench/pyspy py-spy; or --py-spy PATH) records each process at 100 Hz
+(active threads only, i.e. roughly CPU time). Each sample's innermost frame is assigned to an owner by its file
+(serving_app = ours, ray, vllm, starlette/fastapi/uvicorn, asyncio/uvloop, grpc, ...); the inclusive share of
+samples with any serving_app frame is reported too. Writes benchmarks/results/profile-<variant>-c<N>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import LOGS, MAIN_PYTHON, WORK, OurServe, _role, ensure_model, run_load, save  # noqa: E402
+from benchmarks.overhead import VARIANTS  # noqa: E402
+
+OWNERS = [  # (substring of the frame's file, owner); first match wins
+    ("serving_app/", "serving_app (ours)"), ("bigdl/", "bigdl"), ("ray/serve/", "ray serve"), ("ray/", "ray core"),
+    ("vllm/", "vllm"), ("starlette/", "starlette/fastapi/uvicorn"), ("fastapi/", "starlette/fastapi/uvicorn"),
+    ("uvicorn/", "starlette/fastapi/uvicorn"), ("h11/", "starlette/fastapi/uvicorn"),
+    ("httptools", "starlette/fastapi/uvicorn"), ("pydantic", "pydantic"), ("asyncio/", "asyncio/uvloop"),
+    ("uvloop", "asyncio/uvloop"), ("grpc", "grpc"), ("transformers/", "transformers/tokenizers"),
+    ("tokenizers", "transformers/tokenizers"), ("zmq", "zmq"), ("msgspec", "msgspec"), ("pickle", "serialization"),
+    ("json/", "json"), ("logging/", "logging"), ("threading.py", "threading"),
+    ("torch/", "torch"), ("onnxruntime/", "onnxruntime"), ("optimum/", "optimum"),
+]
+
+
+def owner(frame: str) -> str:
+    for key, name in OWNERS:
+        if key in frame:
+            return name
+    return "other"
+
+
+def attribute(raw: Path) -> dict:
+    leaf: collections.Counter = collections.Counter()
+    inclusive_ours = total = 0
+    top_leaf_frames: collections.Counter = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += n
+        leaf[owner(frames[-1])] += n
+        top_leaf_frames[frames[-1]] += n
+        if any("serving_app/" in f for f in frames):
+            inclusive_ours += n
+    return {
+        "samples": total,
+        "leaf_share": {k: round(v / total, 3) for k, v in leaf.most_common()} if total else {},
+        "inclusive_serving_app_share": round(inclusive_ours / total, 3) if total else None,
+        "top_leaf_frames": [(f, round(v / total, 3)) for f, v in top_leaf_frames.most_common(15)] if total else [],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="ours-nice0", choices=[v for v in VARIANTS if v != "bare"])
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=96)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--py-spy", default=str(WORK / "pyspy" / "bin" / "py-spy"))
+    parser.add_argument("--python", type=Path, default=MAIN_PYTHON, help="the engine environment's python")
+    parser.add_argument("--args", default="{}", help="JSON merged into the serve args (e.g. another engine)")
+    parser.add_argument("--tag", default="")
+    options = parser.parse_args()
+
+    model = ensure_model("100m")
+    server = OurServe(MAIN_PYTHON, {
+        "model_name": str(model), "served_model_name": "llama-100m", "target_device": "CPU", "max_model_len": 2048,
+        "batch_size": 32, "engine_kwargs": {"kv_cache_memory_bytes": 512 * 2**20}, "max_ongoing_requests": 256,
+        "num_cpus": 1, **json.loads(options.args),
+    }, label=options.variant, env=VARIANTS[options.variant])
+    if "engine" in server.serve_args and server.serve_args["engine"] != "vllm":
+        server.serve_args.pop("engine_kwargs", None)
+    server.python = options.python
+    result = {"variant": options.variant, "concurrency": options.concurrency, "command": " ".join(sys.argv),
+              "serve_args": server.serve_args}
+    try:
+        server.start()
+        targets = {_role(pid): pid for pid in server.pids()
+                   if _role(pid) in ("ray proxy", "serve replica (API + vLLM frontend)")}
+
+        load = threading.Thread(target=lambda: result.update(load=run_load(
+            server, "llama-100m", model, 128, 128, options.concurrency, options.prompts, warmups=0)))
+        load.start()
+        recorders = {}
+        for role, pid in targets.items():
+            raw = LOGS / f"pyspy-{options.variant}-{role.split()[1]}.txt"
+            recorders[role] = (raw, subprocess.Popen(
+                [options.py_spy, "record", "--pid", str(pid), "--rate", "100", "--duration", str(options.seconds),
+                 "--format", "raw", "--output", str(raw), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        for role, (raw, process) in recorders.items():
+            process.wait()
+            result[role] = attribute(raw)
+        load.join()
+    finally:
+        server.stop()
+    save(f"profile-{options.variant}-c{options.concurrency}{options.tag}.json", result)
+    print(json.dumps({k: v for k, v in result.items() if k != "load"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
