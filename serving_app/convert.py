@@ -50,6 +50,30 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _activation_matmuls(path: Path) -> list[str]:
+    """MatMuls without a constant weight: attention's Q.K^T and P.V, rotary's inv_freq x positions. Optimum's dynamic
+    quantization would quantize them too (ORT's quantize_dynamic would not: MatMulConstBOnly): every decode step would
+    re-quantize the whole KV cache to uint8 with one scale (cost grows with rows x tokens) and round positions and
+    attention weights. They stay float32."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    names: list[str] = []
+
+    def visit(graph: Any, constants: set[str]) -> None:
+        constants = constants | {init.name for init in graph.initializer}
+        constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+        for node in graph.node:
+            if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] not in constants:
+                names.append(node.name)
+            for attribute in node.attribute:  # If/Loop bodies (merged decoders)
+                for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                    visit(body, constants)
+
+    visit(graph, set())
+    return names
+
+
 def convert_onnx(model: str, out: Path, *, quantize: bool = True, quantization: str = "avx2",
                  overwrite: bool = False, trust_remote_code: bool = False,
                  meta: Optional[dict[str, Any]] = None) -> Path:
@@ -88,7 +112,8 @@ def convert_onnx(model: str, out: Path, *, quantize: bool = True, quantization: 
             work = staging / ".quantized"
             try:
                 quantizer = ORTQuantizer.from_pretrained(staging, file_name=file_name)
-                config = getattr(AutoQuantizationConfig, quantization)(is_static=False)
+                config = getattr(AutoQuantizationConfig, quantization)(
+                    is_static=False, nodes_to_exclude=_activation_matmuls(staging / file_name))
                 # No suffix: the int8 graph keeps the name model.onnx (and its external data a matching name).
                 quantizer.quantize(quantization_config=config, save_dir=work, file_suffix=None,
                                    use_external_data_format=external)

@@ -56,6 +56,13 @@ def test_conversion_writes_a_sealed_int8_model_with_config_and_tokenizer(convert
     graph = onnx.load(str(out / "model.onnx"))
     assert any(node.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for node in graph.graph.node), \
         "the model is not int8"
+    # Only weight MatMuls are int8: attention's (and rotary's) MatMuls of two activations stay float32, else the
+    # whole KV cache is re-quantized every decode step.
+    constants = {init.name for init in graph.graph.initializer}
+    int8 = [node for node in graph.graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert int8 and all(node.input[1] in constants for node in int8), \
+        [node.name for node in int8 if node.input[1] not in constants]
+    assert any(node.op_type == "MatMul" and "self_attn" in node.name for node in graph.graph.node)
     float_graph = onnx.load(str(converted["float32"] / "model.onnx"))
     assert not any(node.op_type == "MatMulInteger" for node in float_graph.graph.node)
     assert json.loads((converted["float32"] / artifacts.MARKER).read_text())["data_type"] == "float32"
