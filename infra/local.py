@@ -277,7 +277,7 @@ def _print_usage(state: dict[str, Any]) -> None:
         print(f"\n{app}: {base}/v1  (model {model!r})")
         print(f"  curl {base}/v1/completions -H 'Content-Type: application/json' \\\n"
               f"    -d '{json.dumps({'model': model, 'prompt': 'Hello', 'max_tokens': 32})}'")
-        print(f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='none'); "
+        print(f"  {sys.executable} -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='none'); "
               f"print(c.completions.create(model='{model}', prompt='Hello', max_tokens=32).choices[0].text)\"")
 
 
