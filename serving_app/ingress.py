@@ -6,6 +6,7 @@ A Serve config (KubeRay's serveConfigV2) deploys it with `import_path: serving_a
 
 # No `from __future__ import annotations`: Serve's ingress re-signs the route methods, and FastAPI (0.165, the CPU
 # images') then cannot resolve a string annotation such as "Request" and asks for a `request` query parameter.
+import json
 import logging
 from typing import Any
 
@@ -56,8 +57,6 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _json(payload: Any) -> Response:
-    import json
-
     return Response(json.dumps(payload, separators=(",", ":")), media_type=_JSON)
 
 

@@ -204,7 +204,7 @@ def test_secret_values_only_in_their_secrets_and_always_secret(mocks, stack):
 @pulumi.runtime.test
 def test_stack_outputs_are_plaintext_and_hold_no_secret(mocks, stack):
     use_config(stack_document(stack))
-    deployment = main()
+    main()
     config = load_stack(stack)
     outputs = get_root_resource().outputs
 
