@@ -134,13 +134,14 @@ def deployment_options(args: ServeArgs) -> dict[str, Any]:
         # Ongoing requests are what the engine batches; queueing beyond them waits in the proxy.
         "max_queued_requests": -1,
     }
-    if args.tensor_parallel_size > 1:
+    if args.tensor_parallel_size > 1 and args.engine_kwargs.get("distributed_executor_backend", "ray") == "ray":
         # vLLM's Ray workers take the GPU bundles; the replica itself only needs the first bundle's CPUs. One node:
         # tensor parallelism across nodes is slower than across NVLink.
         head_bundle = {"CPU": args.num_cpus, **args.resources}
         options["placement_group_bundles"] = [head_bundle] + [{"GPU": 1.0}] * args.tensor_parallel_size
         options["placement_group_strategy"] = "STRICT_PACK"
     elif args.gpu_count:
+        # One GPU, or vLLM's "mp" backend: its worker processes are the replica's children and use its GPUs.
         actor_options["num_gpus"] = args.gpu_count
     options["ray_actor_options"] = actor_options
     return options

@@ -51,6 +51,9 @@ class VLLMEngine(Engine):
             # The engine core runs in a child process that is not a Ray worker and cannot see the replica's
             # placement group: hand it over, so vLLM's workers take the GPU bundles Serve reserved for us.
             config.parallel_config.placement_group = placement_group
+            # ... and make its `ray.init()` join this cluster: without an address it would start a second, private
+            # Ray on the same node (a non-default --temp-dir hides the running one) with every GPU in it.
+            os.environ["RAY_ADDRESS"] = _current_gcs_address()
         self._engine = AsyncLLM.from_vllm_config(
             config, usage_context=UsageContext.OPENAI_API_SERVER, disable_log_stats=engine_args.disable_log_stats
         )
@@ -113,12 +116,19 @@ class VLLMEngine(Engine):
     def stats(self) -> EngineStats:
         if self._engine is None:
             return EngineStats(running_requests=0)
-        return EngineStats(running_requests=self._engine.get_num_unfinished_requests())
+        # The output processor counts the same in every vLLM release we run (0.25 on GPU images, 0.32 on CPU).
+        return EngineStats(running_requests=self._engine.output_processor.get_num_unfinished_requests())
 
     async def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+
+
+def _current_gcs_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 def _current_placement_group() -> Any:
