@@ -59,15 +59,18 @@ class LocalRay:
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.serve_port = serve_port or free_port()
-        self.bin = Path(python or sys.executable).parent
+        self.python = Path(python or sys.executable)
         # The same worker priority as the cluster's pods (infra/manifests.py RAY_SERVING_ENV).
-        self.env = {**os.environ, **RAY_SERVING_ENV, "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
-        self.env.pop("RAY_ADDRESS", None)
+        # The same settings as the cluster's pods; the caller's environment may override them (as a node group's
+        # `env` does there).
+        self.env = {**RAY_SERVING_ENV, **_ray_env()}
+        # HAProxy's stats and metrics ports are fixed by default: a second head on this machine could not bind them.
+        self.env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
 
     def state(self) -> dict[str, Any]:
         """What `local status` / `local down` need to find this head again from another process."""
         return {"temp_dir": str(self.temp_dir), "gcs_port": self.gcs_port, "dashboard_port": self.dashboard_port,
-                "serve_port": self.serve_port, "bin": str(self.bin)}
+                "serve_port": self.serve_port, "python": str(self.python)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "LocalRay":
@@ -75,8 +78,8 @@ class LocalRay:
         ray.num_cpus, ray.resources = 0, {}
         ray.temp_dir = Path(state["temp_dir"])
         ray.gcs_port, ray.dashboard_port, ray.serve_port = state["gcs_port"], state["dashboard_port"], state["serve_port"]
-        ray.bin = Path(state["bin"])
-        ray.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+        ray.python = Path(state["python"])
+        ray.env = _ray_env()
         return ray
 
     def processes(self) -> list[int]:
@@ -97,7 +100,8 @@ class LocalRay:
             "--node-manager-port", "--object-manager-port", "--ray-client-server-port", "--runtime-env-agent-port",
         )}
         command = [
-            str(self.bin / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+            # The module, not the `ray` script: a package installed with `pip --target` has no script on PATH.
+            str(self.python), "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address", "127.0.0.1",
             "--port", str(self.gcs_port), "--num-cpus", str(self.num_cpus),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
             "--temp-dir", str(self.temp_dir), "--disable-usage-stats", "--include-dashboard", "true",
@@ -168,6 +172,14 @@ class LocalRay:
 
     def url(self, route_prefix: str = "/") -> str:
         return f"http://127.0.0.1:{self.serve_port}{route_prefix.rstrip('/')}"
+
+
+def _ray_env() -> dict[str, str]:
+    """This repository importable in every Ray process, ahead of (not instead of) what PYTHONPATH already holds."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env.pop("RAY_ADDRESS", None)
+    return env
 
 
 def _alive(pid: int) -> bool:
