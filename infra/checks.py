@@ -13,7 +13,12 @@ from serving_app.serve_args import EngineName, TargetDevice
 from .config import MODELS_MOUNT, REPO_ROOT, NodeGroup, StackConfig
 
 # Ports Ray itself binds on every pod (GCS, dashboard, client, metrics, dashboard agent used by KubeRay's probes).
-RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "dashboard-agent": 52365}
+RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "dashboard-agent": 52365,
+             # Serve's HAProxy ingress (manifests.RAY_SERVING_ENV)
+             "HAProxy stats": 8404, "HAProxy metrics": 9101}
+# ... whose replicas serve HTTP and gRPC themselves on ports from these ranges (direct ingress).
+DIRECT_INGRESS_PORTS = {"replica HTTP (direct ingress)": range(30000, 31000),
+                        "replica gRPC (direct ingress)": range(40000, 41000)}
 
 # The engine each hardware's image carries (its Dockerfile; for images/cpu, its ENGINE build arg).
 IMAGE_ENGINE = {
@@ -131,6 +136,9 @@ def check_routes_and_ports(stack: StackConfig) -> list[str]:
     for name, port in RAY_PORTS.items():
         if stack.serve.port == port:
             problems.append(f"serve.port: {port} is Ray's {name} port")
+    for name, ports in DIRECT_INGRESS_PORTS.items():
+        if stack.serve.port in ports:
+            problems.append(f"serve.port: {stack.serve.port} is in Serve's {name} range {ports.start}-{ports.stop - 1}")
     return problems
 
 

@@ -174,6 +174,9 @@ def test_route_prefixes_must_be_unique():
 
 def test_serve_port_must_not_be_a_ray_port():
     assert "serve.port: 8265 is Ray's dashboard port" in problems_of("gpu", lambda v: v["serve"].update(port=8265))
+    assert "serve.port: 8404 is Ray's HAProxy stats port" in problems_of("gpu", lambda v: v["serve"].update(port=8404))
+    assert ("serve.port: 30080 is in Serve's replica HTTP (direct ingress) range 30000-30999"
+            in problems_of("gpu", lambda v: v["serve"].update(port=30080)))
 
 
 def test_every_node_group_needs_an_image():

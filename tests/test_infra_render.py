@@ -147,8 +147,9 @@ def test_render_command_line(tmp_path):
     assert any(name.endswith("rayservice-llm-serving.yaml") for name in names)
 
 
-def test_ray_workers_run_at_normal_priority(rendered):
-    """Ray's default nice 15 for workers costs the engines their CPU (benchmarks/RESULTS.md, issue 5)."""
+def test_ray_workers_run_at_normal_priority_behind_haproxy(rendered):
+    """Ray's default nice 15 for workers costs the engines their CPU (issue 5); Serve's Python proxy capped a GPU
+    replica at 0.93x bare vLLM (issue 6): every Ray container runs Serve's HAProxy ingress (benchmarks/RESULTS.md)."""
     _, paths = rendered
     spec = next(doc for doc in documents(paths) if doc["kind"] == "RayService")["spec"]["rayClusterConfig"]
     groups = [spec["headGroupSpec"]] + spec.get("workerGroupSpecs", [])
@@ -156,3 +157,5 @@ def test_ray_workers_run_at_normal_priority(rendered):
         for container in group["template"]["spec"]["containers"]:
             env = {item["name"]: item.get("value") for item in container["env"]}
             assert env.get("RAY_worker_niceness") == "0", container["name"]
+            assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", container["name"]
+            assert env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1", container["name"]
