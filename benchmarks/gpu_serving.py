@@ -1,0 +1,373 @@
+"""Issue 6: our application on a GPU machine (Ray Serve + vLLM, tensor parallel) against bare `vllm serve`, on the
+same machine in the same session. Runs ON the GPU machine (benchmarks/gpu/README.md says how to get vLLM and Ray
+there):
+
+    python3 -m benchmarks.gpu_serving ours --shape 70b --out DIR     # the gpu stack's app, as rendered, on Ray
+    python3 -m benchmarks.gpu_serving bare --shape 70b --out DIR     # `vllm serve` with the same engine settings
+    python3 -m benchmarks.gpu_serving both --shape 7b --out DIR      # 1 GPU each: ours on GPU 0, bare on GPU 1
+    python3 -m benchmarks.gpu_serving table DIR/*.json               # markdown for benchmarks/RESULTS.md
+
+`ours` takes the `gpu` stack's Serve config as `pulumi up` renders it (infra.serve_config: same import path, same
+args), changing only what a weightless benchmark must: the model path (a Llama-2 shape, `load_format: dummy`) and,
+for the 7B shape, one GPU. It records where Ray put the replica and vLLM's workers (placement groups, actors, GPU
+processes) and what Serve says of replicas that do not fit. Load: vLLM's own generator, the anchors' workload
+(random 32-token prompts, 256 output tokens, ignore EOS, streaming /v1/completions) at each --concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    BareVLLM, Server, loadavg, machine_info, median, package_versions, pids_using, run_load, running,
+)
+from infra.config import load_stack  # noqa: E402
+from infra.local_ray import LocalRay, http_json  # noqa: E402
+from infra.serve_config import serve_config  # noqa: E402
+from serving_app.serve_args import ServeArgs  # noqa: E402
+
+SHAPES = Path(__file__).resolve().parent / "gpu_models"
+VOCAB = 32000
+METRICS = [("output_throughput", "output tok/s"), ("p50_ttft_ms", "TTFT p50"), ("p95_ttft_ms", "TTFT p95"),
+           ("p50_itl_ms", "ITL p50"), ("p95_itl_ms", "ITL p95")]
+
+
+# ---- the model: a Llama-2 shape without weights -----------------------------------------------------------
+
+
+def model_dir(shape: str, root: Path) -> Path:
+    """config.json of the shape + a 32000-word WordLevel tokenizer (the load generator and our API need one)."""
+    out = root / f"llama2-{shape}"
+    if (out / "tokenizer.json").exists():
+        return out
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text((SHAPES / f"llama2-{shape}.json").read_text())
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "model_max_length": 4096}))
+    return out
+
+
+def app_config(shape: str, model: Path, replicas: Optional[int], backend: Optional[str],
+               settings: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The gpu stack's first application, as rendered for the RayService, re-pointed at the weightless shape."""
+    stack = load_stack("gpu")
+    base = stack.serve.applications[0].args
+    overrides: dict[str, Any] = {"engine_kwargs": {**base.engine_kwargs, "load_format": "dummy"}}
+    if backend:
+        overrides["engine_kwargs"]["distributed_executor_backend"] = backend
+    if shape == "7b":
+        overrides.update(gpu_count=1, num_replicas=1, served_model_name="meta-llama/Llama-2-7b-chat-hf")
+    if replicas is not None:
+        overrides["num_replicas"] = replicas
+    overrides.update(settings or {})
+    return serve_config(stack, model_path=str(model), args_overrides=overrides)["applications"][0]
+
+
+# ---- our app on Ray ----------------------------------------------------------------------------------------
+
+
+class OursOnRay(Server):
+    """A Ray head on this machine (LocalRay), the app deployed by a Serve config PUT, as KubeRay does."""
+
+    def __init__(self, app: dict[str, Any], gpus: Optional[str] = None, label: str = "ours"):
+        self.label = label
+        self.app = app
+        self.ray = LocalRay(num_cpus=os.cpu_count() or 16)
+        if gpus is not None:
+            self.ray.env["CUDA_VISIBLE_DEVICES"] = gpus  # Ray sees (and the replica gets) only these
+        self.base_url = ""
+        self.deploy_s = 0.0
+
+    def start(self, timeout: float = 900) -> "OursOnRay":
+        self.ray.start()
+        config = self.ray.serve_config([self.app])
+        started = time.time()
+        status, body = http_json("PUT", f"{self.ray.dashboard}/api/serve/applications/", config)
+        if status != 200:
+            raise RuntimeError(f"Serve refused the config ({status}): {body}")
+        # With more replicas than the machine holds the app stays DEPLOYING: serve as soon as one replica runs.
+        while True:
+            if self.replica_states().get("RUNNING", 0) >= 1:
+                break
+            if self.application().get("status") in ("DEPLOY_FAILED", "UNHEALTHY") or time.time() > started + timeout:
+                raise RuntimeError(f"no replica running after {time.time() - started:.0f}s: "
+                                   f"{json.dumps(self.application())[:3000]}")
+            time.sleep(3)
+        self.deploy_s = round(time.time() - started, 1)
+        self.base_url = self.ray.url(self.app["route_prefix"])
+        return self
+
+    def application(self) -> dict[str, Any]:
+        return self.ray.applications().get(self.app["name"], {})
+
+    def deployment(self) -> dict[str, Any]:
+        return self.application().get("deployments", {}).get("LLMServer", {})
+
+    def replica_states(self) -> dict[str, int]:
+        states: dict[str, int] = {}
+        for replica in self.deployment().get("replicas", []):
+            states[replica["state"]] = states.get(replica["state"], 0) + 1
+        return states
+
+    def pids(self) -> list[int]:
+        return pids_using(self.ray.temp_dir)
+
+    def stop(self) -> None:
+        self.ray.stop()
+
+
+def gpu_processes() -> list[dict[str, Any]]:
+    """Processes holding GPU memory, with the GPU index (nvidia-smi)."""
+    def query(what: str, fields: str) -> list[list[str]]:
+        out = _nvidia_smi(f"--query-{what}={fields}", "--format=csv,noheader,nounits")
+        return [[cell.strip() for cell in line.split(",")] for line in out.splitlines() if line.strip()]
+
+    index_of = {uuid: int(index) for index, uuid in query("gpu", "index,uuid")}
+    return [{"pid": int(pid), "gpu": index_of.get(uuid), "used_mib": int(used)}
+            for pid, uuid, used in query("compute-apps", "pid,gpu_uuid,used_memory")]
+
+
+def placement_report(ours: OursOnRay) -> dict[str, Any]:
+    """Where Ray put the replica and vLLM's workers, and what Serve says about replicas that do not fit."""
+    import ray
+    from ray.util.state import list_actors, list_placement_groups
+
+    ray.init(address=ours.ray.address, logging_level="ERROR")
+    # The state API finds its cluster on its own and refuses where several run; name ours.
+    os.environ["RAY_ADDRESS"] = ours.ray.address
+    try:
+        groups = [{"id": g.placement_group_id, "state": g.state, "name": g.name,
+                   "bundles": [b.get("unit_resources", b) for b in (g.bundles or [])]}
+                  for g in list_placement_groups(detail=True)]
+        actors = [{"class": a.class_name, "name": a.name, "pid": a.pid, "placement_group": a.placement_group_id,
+                   "state": a.state, "resources": getattr(a, "required_resources", None)}
+                  for a in list_actors(detail=True, filters=[("state", "=", "ALIVE")])]
+        resources = {"total": ray.cluster_resources(), "available": ray.available_resources()}
+    finally:
+        ray.shutdown()
+    gpus = gpu_processes()
+    workers = [a for a in actors if "Worker" in a["class"] and "Serve" not in a["class"]]
+    replicas = [a for a in actors if a["class"].startswith("ServeReplica")]
+    running_groups = [g for g in groups if g["state"] == "CREATED" and any("GPU" in b for b in g["bundles"])]
+    pending_groups = [g for g in groups if g["state"] == "PENDING"]
+    gpu_of = {p["pid"]: p["gpu"] for p in gpus}
+    return {
+        "serve_deployment": {**{k: ours.deployment().get(k) for k in ("status", "status_trigger", "message",
+                                                                       "required_resources")},
+                             "replica_states": ours.replica_states()},
+        "serve_application_status": ours.application().get("status"),
+        "placement_groups": groups, "actors": actors, "gpu_processes": gpus, "ray_resources": resources,
+        "checks": {
+            "replica_actors": len(replicas),
+            "replica_groups_created": len(running_groups),
+            "replica_groups_pending": len(pending_groups),
+            "vllm_workers": [{"pid": w["pid"], "gpu": gpu_of.get(w["pid"]),
+                              "in_replica_group": w["placement_group"] in {g["id"] for g in running_groups}}
+                             for w in workers],
+            "gpu_indices_in_use": sorted({p["gpu"] for p in gpus}),
+            "processes_per_gpu": {str(i): sum(1 for p in gpus if p["gpu"] == i) for i in {p["gpu"] for p in gpus}},
+            "gpus_available_in_ray": resources["available"].get("GPU", 0.0),
+        },
+    }
+
+
+# ---- runs ----------------------------------------------------------------------------------------------------
+
+
+def bare_server(app: dict[str, Any], model: Path, gpus: Optional[str] = None) -> BareVLLM:
+    """`vllm serve` with the engine settings our app's args resolve to (what ServeArgs hands AsyncEngineArgs)."""
+    args = ServeArgs.model_validate(app["args"])
+    extra = ["--tensor-parallel-size", str(args.tensor_parallel_size), "--dtype", args.data_type.value]
+    for key, value in args.engine_kwargs.items():
+        if key != "distributed_executor_backend":  # bare vLLM picks its own (mp on one node)
+            extra += [f"--{key.replace('_', '-')}", str(value)]
+    return BareVLLM(model, args.served_model_name, args.max_model_len, args.batch_size, None, python=Path(sys.executable),
+                    extra=extra, env={"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else None)
+
+
+def bench(servers: list[Server], app: dict[str, Any], model: Path, options: argparse.Namespace,
+          meta: dict[str, Any], out: Path) -> list[dict[str, Any]]:
+    served = app["args"].get("served_model_name") or ServeArgs.model_validate(app["args"]).served_model_name
+    runs: list[dict[str, Any]] = []
+    for rep in range(options.reps):
+        for concurrency in options.concurrency:
+            for server in servers if rep % 2 == 0 else servers[::-1]:
+                prompts = max(options.min_prompts, 2 * concurrency)
+                result = run_load(server, served, model, options.input_len, options.output_len, concurrency,
+                                  prompts, seed=rep, warmups=min(concurrency, options.max_warmups))
+                result["rep"] = rep
+                runs.append(result)
+                print(f"[gpu] {options.shape} {server.label} c={concurrency}: {result['output_throughput']:.0f} tok/s "
+                      f"TTFT p50 {result['p50_ttft_ms']:.1f} ms ITL p50 {result['p50_itl_ms']:.2f} ms "
+                      f"ok={result['tokens_ok']}", flush=True)
+                save(out, meta, runs)
+    return runs
+
+
+def save(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**meta, "runs": runs}, indent=1, default=str))
+    tmp.rename(out)
+
+
+def _nvidia_smi(*args: str) -> str:
+    try:
+        return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True).stdout
+    except FileNotFoundError:  # a machine without NVIDIA's driver: nothing to report
+        return ""
+
+
+def gpu_info() -> list[dict[str, str]]:
+    out = _nvidia_smi("--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader")
+    return [dict(zip(("index", "name", "memory", "driver"), (c.strip() for c in line.split(","))))
+            for line in out.splitlines() if line.strip()]
+
+
+def run(options: argparse.Namespace) -> None:
+    model = options.model or model_dir(options.shape, Path(options.models))
+    settings = {key: json.loads(value) for key, value in (item.split("=", 1) for item in options.set)}
+    app = app_config(options.shape, model, options.replicas, options.backend, settings)
+    card = gpu_info()[0]["name"].replace("NVIDIA ", "").replace(" ", "-") if gpu_info() else "unknown"
+    label = options.label or options.mode
+    out = Path(options.out) / f"gpu-{options.shape}-{label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "issue": 6, "mode": options.mode, "shape": options.shape, "app": app, "options": vars(options),
+        "command": " ".join(sys.argv), "machine": machine_info(), "gpus": gpu_info(), "card": card,
+        "versions": package_versions(Path(sys.executable), ["vllm", "torch", "ray", "fastapi", "uvicorn",
+                                                             "transformers", "pydantic"]),
+        "loadavg": loadavg(), "session": options.session or _nvidia_smi("--query-gpu=uuid", "--format=csv,noheader",
+                                                                         "-i", "0").strip(),
+    }
+    print(f"[gpu] app config: {json.dumps(app)}", flush=True)
+    servers: list[Server] = []
+    if options.mode in ("ours", "both"):
+        servers.append(OursOnRay(app, gpus="0" if options.mode == "both" else None, label=label if
+                                 options.mode == "ours" else "ours"))
+    if options.mode in ("bare", "both"):
+        servers.append(bare_server(app, model, gpus="1" if options.mode == "both" else None))
+    with running(*servers):
+        try:
+            measure(servers, app, model, options, meta, out)
+        finally:
+            if options.keep_logs:
+                keep_logs(servers, Path(options.out) / f"logs-{options.shape}-{label}.tar.gz")
+
+
+def keep_logs(servers: list[Server], archive: Path) -> None:
+    """Ray's session logs (Serve, replica, vLLM workers) and bare vLLM's log, for a machine that will be gone."""
+    import tarfile
+
+    with tarfile.open(archive, "w:gz") as tar:
+        for server in servers:
+            if isinstance(server, OursOnRay):
+                logs = server.ray.temp_dir / "session_latest" / "logs"
+                for path in sorted(logs.rglob("*")) if logs.exists() else []:
+                    if path.is_file() and (path.suffix in (".log", ".err", ".out") or "serve" in path.parts):
+                        tar.add(path, arcname=f"{server.label}/{path.relative_to(logs)}")
+            elif isinstance(server, BareVLLM):
+                tar.add(server.log, arcname=f"{server.label}/{server.log.name}")
+
+
+def measure(servers: list[Server], app: dict[str, Any], model: Path, options: argparse.Namespace,
+            meta: dict[str, Any], out: Path) -> None:
+    for server in servers:  # one at a time: both compile at start
+        started = time.time()
+        server.start()
+        meta[f"{server.label}_startup_s"] = round(time.time() - started, 1)
+        print(f"[gpu] {server.label} up in {meta[f'{server.label}_startup_s']}s at {server.base_url}", flush=True)
+        if isinstance(server, OursOnRay):
+            meta["placement_at_start"] = placement_report(server)
+            print(f"[gpu] placement: {json.dumps(meta['placement_at_start']['checks'])}", flush=True)
+    save(out, meta, [])
+    runs = bench(servers, app, model, options, meta, out)
+    for server in servers:
+        if isinstance(server, OursOnRay):
+            # Later than at start: Serve reports a replica that cannot be scheduled after a while.
+            meta["placement_after_bench"] = placement_report(server)
+            print(f"[gpu] serve says: {json.dumps(meta['placement_after_bench']['serve_deployment'])}", flush=True)
+    save(out, meta, runs)
+
+
+# ---- the table ------------------------------------------------------------------------------------------------
+
+
+def table(paths: list[Path]) -> str:
+    """One row per (shape, server, concurrency), medians over repetitions, and the ratio to bare of the same
+    shape and card."""
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    rows: dict[tuple[str, str, str, str, int], list[dict]] = {}
+    for result in results:
+        for r in result["runs"]:
+            key = (result.get("session", ""), result["card"], result["shape"], r["server"], r["concurrency"])
+            rows.setdefault(key, []).append(r)
+    lines = ["| machine | card | shape | server | concurrency | " + " | ".join(t for _, t in METRICS)
+             + " | x bare tok/s | TTFT p50 - bare (ms) | TTFT limit (ms) | runs |",
+             "|---|---|---|---|---|" + "---|" * (len(METRICS) + 4)]
+    order = lambda kv: (kv[0][2], kv[0][0], kv[0][4], kv[0][3] != "bare", kv[0][3])  # noqa: E731
+    for (session, card, shape, server, conc), runs in sorted(rows.items(), key=order):
+        value = {key: median([r[key] for r in runs]) for key, _ in METRICS}
+        bare = rows.get((session, card, shape, "bare", conc))
+        ratio = delta = limit = ""
+        if bare and server != "bare":
+            bare_tput = median([r["output_throughput"] for r in bare])
+            bare_ttft = median([r["p50_ttft_ms"] for r in bare])
+            ratio = f"{value['output_throughput'] / bare_tput:.3f}"
+            delta = f"{value['p50_ttft_ms'] - bare_ttft:+.1f}"
+            limit = f"{10 + 0.05 * bare_ttft:.1f}"
+        cells = [f"{value[k]:,.0f}" if k == "output_throughput" else f"{value[k]:.1f}" for k, _ in METRICS]
+        ok = "" if all(r["tokens_ok"] for r in runs) else " (token count off)"
+        lines.append(f"| {session} | {card} | {shape} | {server}{ok} | {conc} | " + " | ".join(cells)
+                     + f" | {ratio} | {delta} | {limit} | {len(runs)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["ours", "bare", "both", "table"])
+    parser.add_argument("paths", nargs="*", type=Path, help="table: result files")
+    parser.add_argument("--shape", choices=["7b", "70b"], default="70b")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--models", default="/tmp/gpu-models", help="where the weightless shapes are written")
+    parser.add_argument("--model", type=Path, help="an existing model directory instead of the shape's")
+    parser.add_argument("--set", action="append", default=[], metavar="ARG=JSON",
+                        help="override one of the app's args, e.g. --set max_model_len=1024")
+    parser.add_argument("--replicas", type=int, help="override the stack's num_replicas (default: the stack's)")
+    parser.add_argument("--backend", choices=["ray", "mp"], help="vLLM executor for tensor parallelism in ours")
+    parser.add_argument("--label", help="server label in the results (default: the mode)")
+    parser.add_argument("--session", help="pairs ours with bare in the table (default: the machine's GPU 0 UUID)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--input-len", type=int, default=32)
+    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--min-prompts", type=int, default=16, help="prompts per run: max(this, 2 x concurrency)")
+    parser.add_argument("--max-warmups", type=int, default=4)
+    parser.add_argument("--keep-logs", action="store_true", help="archive the servers' logs next to the results")
+    options = parser.parse_args()
+    # A time limit's SIGTERM unwinds like an error: servers stopped, logs kept.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
+    if options.mode == "table":
+        print(table(options.paths))
+    else:
+        run(options)
+
+
+if __name__ == "__main__":
+    main()
