@@ -6,9 +6,10 @@ A Serve config (KubeRay's serveConfigV2) deploys it with `import_path: serving_a
 
 # No `from __future__ import annotations`: Serve's ingress re-signs the route methods, and FastAPI (0.165, the CPU
 # images') then cannot resolve a string annotation such as "Request" and asks for a `request` query parameter.
+import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, Awaitable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -46,10 +47,22 @@ async def _api_error(_: Request, error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
 
+class _ClientLeft(Exception):
+    """The client disconnected before its whole answer was ready."""
+
+
+@app.exception_handler(_ClientLeft)
+async def _client_left(_: Request, __: Exception) -> Response:
+    return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+
+
+def _engine_dead_error(error: EngineDeadError) -> APIError:
+    return APIError(503, str(error), type_="server_error", code="engine_dead")
+
+
 @app.exception_handler(EngineDeadError)
 async def _engine_dead(_: Request, error: EngineDeadError) -> JSONResponse:
-    body = APIError(503, str(error), type_="server_error", code="engine_dead").body()
-    return JSONResponse(body, status_code=503)
+    return JSONResponse(_engine_dead_error(error).body(), status_code=503)
 
 
 _JSON = "application/json"
@@ -58,6 +71,60 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def _json(payload: Any) -> Response:
     return Response(json.dumps(payload, separators=(",", ":")), media_type=_JSON)
+
+
+# A whole (non-streamed) answer that is not ready after this long starts its response and sends a JSON-insignificant
+# space every so often until it is: see _whole_answer.
+_HEARTBEAT_AFTER_S = 1.0
+_HEARTBEAT_EVERY_S = 1.0
+
+
+async def _whole_answer(request: Request, answer: Awaitable[Any]) -> Response:
+    """A non-streamed answer, abandoned as soon as the client disconnects: cancelling it aborts the engine's request.
+
+    Serve's Python proxy cancels the handler on a disconnect; behind HAProxy (direct ingress) the replica only learns
+    of it when HAProxy drops the server connection, which it does when it has bytes to pass to the departed client.
+    So a slow answer starts its 200 response early and sends a space every second (leading whitespace is valid
+    JSON). An error after that point comes as an OpenAI error body under the 200 already sent.
+    """
+    work = asyncio.ensure_future(answer)
+
+    async def client_left() -> None:
+        try:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass  # the body was read already: only the disconnect can come
+        except Exception:  # a server that cannot tell: rely on the heartbeat
+            await asyncio.Event().wait()
+
+    watcher = asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait({work, watcher}, timeout=_HEARTBEAT_AFTER_S, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        work.cancel()
+        raise
+    finally:
+        watcher.cancel()  # StreamingResponse listens for the disconnect itself from here on
+    if work.done():
+        return _json(work.result())  # errors raise here and get their own status
+    if watcher.done() and not watcher.cancelled():
+        work.cancel()
+        raise _ClientLeft()
+
+    async def body() -> Any:
+        try:
+            while not (await asyncio.wait({work}, timeout=_HEARTBEAT_EVERY_S))[0]:
+                yield b" "
+            try:
+                payload: Any = work.result()
+            except APIError as error:
+                payload = error.body()
+            except EngineDeadError as error:
+                payload = _engine_dead_error(error).body()
+            yield json.dumps(payload, separators=(",", ":")).encode()
+        finally:
+            work.cancel()  # the client left (the stream was cancelled): abort the generation
+
+    return StreamingResponse(body(), media_type=_JSON)
 
 
 @serve.deployment(
@@ -99,7 +166,7 @@ class LLMServer:
         if body.stream:
             return StreamingResponse(self.api.completion_stream(body, generation), media_type="text/event-stream",
                                      headers=_SSE_HEADERS)
-        return _json(await self.api.completion(generation))
+        return await _whole_answer(request, self.api.completion(generation))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
@@ -107,7 +174,7 @@ class LLMServer:
         if body.stream:
             return StreamingResponse(self.api.chat_stream(body, generation), media_type="text/event-stream",
                                      headers=_SSE_HEADERS)
-        return _json(await self.api.chat(generation))
+        return await _whole_answer(request, self.api.chat(generation))
 
     @app.post("/")
     async def legacy(self, request: Request) -> Response:
@@ -115,7 +182,7 @@ class LLMServer:
         body, generations = self.api.legacy_requests(await request.body())
         if body.stream:
             return StreamingResponse(self.api.legacy_stream(generations[0]), media_type="application/x-ndjson")
-        return _json(await self.api.legacy(generations))
+        return await _whole_answer(request, self.api.legacy(generations))
 
     async def __del__(self):
         engine = getattr(self, "engine", None)  # absent when __init__ failed
