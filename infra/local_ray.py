@@ -118,6 +118,10 @@ class LocalRay:
                 status, _ = http_json("GET", f"{self.dashboard}/api/serve/applications/", timeout=5)
                 if status == 200:
                     return self
+                if status == 401:
+                    self.stop()
+                    raise RuntimeError("Ray's dashboard asks for a token: RAY_AUTH_MODE is "
+                                       f"{self.env.get('RAY_AUTH_MODE')!r} here; a local head needs it 'disabled'")
             except OSError:
                 pass
             time.sleep(1)
@@ -176,7 +180,9 @@ class LocalRay:
 
 def _ray_env() -> dict[str, str]:
     """This repository importable in every Ray process, ahead of (not instead of) what PYTHONPATH already holds."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # A private head on loopback, driven over the dashboard's REST API without a token. Ray turns token
+    # authentication on by itself wherever ~/.ray/auth_token exists (any earlier local `ray.init()` writes one).
+    env = {"RAY_AUTH_MODE": "disabled", **os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env.pop("RAY_ADDRESS", None)
     return env
