@@ -32,7 +32,7 @@ from benchmarks.common import (  # noqa: E402
     BareVLLM, Server, loadavg, machine_info, median, package_versions, pids_using, run_load, running,
 )
 from infra.config import load_stack  # noqa: E402
-from infra.local_ray import LocalRay, http_json  # noqa: E402
+from infra.local_ray import LocalRay  # noqa: E402
 from infra.serve_config import serve_config  # noqa: E402
 from serving_app.serve_args import ServeArgs  # noqa: E402
 
@@ -93,15 +93,12 @@ class OursOnRay(Server):
         if gpus is not None:
             self.ray.env["CUDA_VISIBLE_DEVICES"] = gpus  # Ray sees (and the replica gets) only these
         self.base_url = ""
-        self.deploy_s = 0.0
 
     def start(self, timeout: float = 900) -> "OursOnRay":
         self.ray.start()
         config = self.ray.serve_config([self.app])
         started = time.time()
-        status, body = http_json("PUT", f"{self.ray.dashboard}/api/serve/applications/", config)
-        if status != 200:
-            raise RuntimeError(f"Serve refused the config ({status}): {body}")
+        self.ray.put_config(config)
         # With more replicas than the machine holds the app stays DEPLOYING: serve as soon as one replica runs.
         while True:
             if self.replica_states().get("RUNNING", 0) >= 1:
@@ -110,7 +107,6 @@ class OursOnRay(Server):
                 raise RuntimeError(f"no replica running after {time.time() - started:.0f}s: "
                                    f"{json.dumps(self.application())[:3000]}")
             time.sleep(3)
-        self.deploy_s = round(time.time() - started, 1)
         self.base_url = self.ray.url(self.app["route_prefix"])
         return self
 
@@ -204,7 +200,7 @@ def bare_server(app: dict[str, Any], model: Path, gpus: Optional[str] = None) ->
 
 def bench(servers: list[Server], app: dict[str, Any], model: Path, options: argparse.Namespace,
           meta: dict[str, Any], out: Path) -> list[dict[str, Any]]:
-    served = app["args"].get("served_model_name") or ServeArgs.model_validate(app["args"]).served_model_name
+    served = ServeArgs.model_validate(app["args"]).served_model_name
     runs: list[dict[str, Any]] = []
     for rep in range(options.reps):
         for concurrency in options.concurrency:
@@ -244,13 +240,14 @@ def run(options: argparse.Namespace) -> None:
     model = options.model or model_dir(options.shape, Path(options.models))
     settings = {key: json.loads(value) for key, value in (item.split("=", 1) for item in options.set)}
     app = app_config(options.shape, model, options.replicas, options.backend, settings)
-    card = gpu_info()[0]["name"].replace("NVIDIA ", "").replace(" ", "-") if gpu_info() else "unknown"
+    gpus = gpu_info()
+    card = gpus[0]["name"].replace("NVIDIA ", "").replace(" ", "-") if gpus else "unknown"
     label = options.label or options.mode
     out = Path(options.out) / f"gpu-{options.shape}-{label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
         "issue": 6, "mode": options.mode, "shape": options.shape, "app": app, "options": vars(options),
-        "command": " ".join(sys.argv), "machine": machine_info(), "gpus": gpu_info(), "card": card,
+        "command": " ".join(sys.argv), "machine": machine_info(), "gpus": gpus, "card": card,
         "versions": package_versions(Path(sys.executable), ["vllm", "torch", "ray", "fastapi", "uvicorn",
                                                              "transformers", "pydantic"]),
         "loadavg": loadavg(), "session": options.session or _nvidia_smi("--query-gpu=uuid", "--format=csv,noheader",

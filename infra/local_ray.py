@@ -60,9 +60,8 @@ class LocalRay:
         self.dashboard_port = free_port()
         self.serve_port = serve_port or free_port()
         self.python = Path(python or sys.executable)
-        # The same worker priority as the cluster's pods (infra/manifests.py RAY_SERVING_ENV).
-        # The same settings as the cluster's pods; the caller's environment may override them (as a node group's
-        # `env` does there).
+        # The same settings as the cluster's pods (infra/manifests.py RAY_SERVING_ENV); the caller's environment may
+        # override them (as a node group's `env` does there).
         self.env = {**RAY_SERVING_ENV, **_ray_env()}
         # HAProxy's stats and metrics ports are fixed by default: a second head on this machine could not bind them.
         self.env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
@@ -148,11 +147,15 @@ class LocalRay:
             "applications": applications,
         }
 
-    def deploy(self, config: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
-        """PUT the config, as KubeRay does, and wait until every application is RUNNING."""
+    def put_config(self, config: dict[str, Any]) -> None:
+        """PUT the Serve config to the dashboard's REST API, as KubeRay does."""
         status, body = http_json("PUT", f"{self.dashboard}/api/serve/applications/", config)
         if status != 200:
             raise RuntimeError(f"Serve refused the config ({status}): {body}")
+
+    def deploy(self, config: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+        """PUT the config and wait until every application is RUNNING."""
+        self.put_config(config)
         return self.wait_running([app["name"] for app in config["applications"]], timeout)
 
     def applications(self) -> dict[str, Any]:
@@ -179,7 +182,8 @@ class LocalRay:
 
 
 def _ray_env() -> dict[str, str]:
-    """This repository importable in every Ray process, ahead of (not instead of) what PYTHONPATH already holds."""
+    """The environment of `ray start`: this repository importable in every Ray process, ahead of (not instead of)
+    what PYTHONPATH already holds; no usage stats; no address of another cluster."""
     # A private head on loopback, driven over the dashboard's REST API without a token. Ray turns token
     # authentication on by itself wherever ~/.ray/auth_token exists (any earlier local `ray.init()` writes one).
     env = {"RAY_AUTH_MODE": "disabled", **os.environ, "RAY_USAGE_STATS_ENABLED": "0"}

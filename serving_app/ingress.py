@@ -47,15 +47,6 @@ async def _api_error(_: Request, error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
 
-class _ClientLeft(Exception):
-    """The client disconnected before its whole answer was ready."""
-
-
-@app.exception_handler(_ClientLeft)
-async def _client_left(_: Request, __: Exception) -> Response:
-    return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
-
-
 def _engine_dead_error(error: EngineDeadError) -> APIError:
     return APIError(503, str(error), type_="server_error", code="engine_dead")
 
@@ -106,9 +97,9 @@ async def _whole_answer(request: Request, answer: Awaitable[Any]) -> Response:
         watcher.cancel()  # StreamingResponse listens for the disconnect itself from here on
     if work.done():
         return _json(work.result())  # errors raise here and get their own status
-    if watcher.done() and not watcher.cancelled():
+    if watcher.done():  # the client left
         work.cancel()
-        raise _ClientLeft()
+        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
 
     async def body() -> Any:
         try:
@@ -201,7 +192,7 @@ def deployment_options(args: ServeArgs) -> dict[str, Any]:
         # Ongoing requests are what the engine batches; queueing beyond them waits in the proxy.
         "max_queued_requests": -1,
     }
-    if args.tensor_parallel_size > 1 and args.engine_kwargs.get("distributed_executor_backend", "ray") == "ray":
+    if args.tensor_parallel_size > 1 and args.tensor_parallel_executor == "ray":
         # vLLM's Ray workers take the GPU bundles; the replica itself only needs the first bundle's CPUs. One node:
         # tensor parallelism across nodes is slower than across NVLink.
         head_bundle = {"CPU": args.num_cpus, **args.resources}

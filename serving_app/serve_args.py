@@ -212,6 +212,11 @@ class ServeArgs(BaseModel):
     def tensor_parallel_size(self) -> int:
         return max(1, self.gpu_count or 0)
 
+    @property
+    def tensor_parallel_executor(self) -> str:
+        """vLLM's executor across GPUs: Ray workers in the replica's placement group unless engine_kwargs say "mp"."""
+        return str(self.engine_kwargs.get("distributed_executor_backend", "ray"))
+
     def replica_demand(self) -> dict[str, float]:
         """Ray resources one replica reserves (its engine's GPUs included)."""
         demand: dict[str, float] = {"CPU": self.num_cpus}

@@ -22,8 +22,8 @@ class VLLMEngine(Engine):
 
         extra = dict(self.args.engine_kwargs)
         if self.args.tensor_parallel_size > 1:
-            # Inside a Serve replica the GPUs are the replica's placement-group bundles: Ray places the workers.
-            extra.setdefault("distributed_executor_backend", "ray")
+            # Ray workers in the replica's placement-group bundles, or "mp" workers as the replica's children.
+            extra["distributed_executor_backend"] = self.args.tensor_parallel_executor
         if self.args.batch_size is not None:
             extra["max_num_seqs"] = self.args.batch_size
         dtype = self.args.data_type.value if self.args.data_type else DataType.AUTO.value
