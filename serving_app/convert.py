@@ -3,8 +3,9 @@
     python -m serving_app.convert [onnx] --model MODEL --out DIR [--no-quantize] [--quantization avx2] [--force]
 
 `onnx`: exports MODEL (a local directory or hub id) with Optimum (text generation with a KV cache), quantizes it to
-dynamic int8 with ONNX Runtime (unless --no-quantize: float32), and saves config, generation config and tokenizer
-beside it: the directory the `onnxruntime` engine serves. The output appears complete or not at all: it is built in
+dynamic int8 with ONNX Runtime (unless --no-quantize: float32), rewrites attention so the KV cache is updated in
+place (`serving_app.onnx_attention`), and saves config, generation config and tokenizer beside it: the directory the
+`onnxruntime` engine serves. The output appears complete or not at all: it is built in
 a staging directory and renamed into place; on failure the command prints why and exits non-zero.
 
 --quantization picks the int8 kernels' target: avx2 (default: correct on every x86-64 CPU, EPYC generations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import artifacts
+from .onnx_attention import KV_CACHE_LAYOUT, AttentionRewriteError, rewrite_attention
 
 ONNX_KIND = "onnx"
 QUANTIZATION_TARGETS = ("avx2", "avx512", "avx512_vnni", "arm64")
@@ -72,6 +74,20 @@ def _activation_matmuls(path: Path) -> list[str]:
 
     visit(graph, set())
     return names
+
+
+def _rewrite_attention(path: Path, model: str) -> None:
+    import json
+
+    import onnx
+
+    try:
+        config = json.loads((path.parent / "config.json").read_text())
+        graph = onnx.load(str(path), load_external_data=False)  # weights beside the graph stay where they are
+        rewrite_attention(graph, int(config["num_attention_heads"]))
+        onnx.save(graph, str(path))
+    except (AttentionRewriteError, KeyError, ValueError, OSError) as error:
+        raise ConversionError(f"rewriting {model}'s attention for an in-place KV cache failed: {error}") from error
 
 
 def convert_onnx(model: str, out: Path, *, quantize: bool = True, quantization: str = "avx2",
@@ -127,6 +143,7 @@ def convert_onnx(model: str, out: Path, *, quantize: bool = True, quantization: 
                 if produced.name.startswith("model") or produced.name == "ort_config.json":
                     produced.rename(staging / produced.name)
             shutil.rmtree(work)
+        _rewrite_attention(staging / file_name, model)
         if not (staging / "tokenizer_config.json").is_file():
             raise ConversionError(f"{model} has no tokenizer to save beside the ONNX model")
         record = {
@@ -134,6 +151,7 @@ def convert_onnx(model: str, out: Path, *, quantize: bool = True, quantization: 
             "file_name": file_name,
             "data_type": onnx_data_type(quantize),
             "quantization": quantization if quantize else None,
+            "kv_cache": KV_CACHE_LAYOUT,
             "versions": _versions(),
             **artifacts.source_fingerprint(model),
             **(meta or {}),

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from serving_app.engines.base import EngineDeadError, GenerationRequest, SamplingOptions  # noqa: E402
-from serving_app.engines.batching import BatchScheduler, HFCausalLM  # noqa: E402
+from serving_app.engines.batching import BatchScheduler, HFCausalLM, LeftPaddedBatch  # noqa: E402
 
 MAX_LEN = 2048
 
@@ -85,7 +85,7 @@ def scripted(vocab: int = 40, slow: float = 0.0, **kwargs: Any) -> tuple[BatchSc
     model = ScriptedModel(vocab, slow)
     options = dict(max_model_len=MAX_LEN, eos_token_ids=[0], batch_size=8, batch_timeout=0.0)
     options.update(kwargs)
-    scheduler = BatchScheduler(model, DigitTokenizer(), **options)
+    scheduler = BatchScheduler(LeftPaddedBatch(model), DigitTokenizer(), **options)
     scheduler.start()
     return scheduler, model
 
@@ -247,8 +247,8 @@ def test_a_dead_batching_thread_fails_health_and_waiting_requests():
                 raise KeyError("decoder bug")
             return super().decode(ids, skip_special_tokens)
 
-    scheduler = BatchScheduler(ScriptedModel(40), BrokenTokenizer(), max_model_len=MAX_LEN, eos_token_ids=[0],
-                               batch_size=4, batch_timeout=0)
+    scheduler = BatchScheduler(LeftPaddedBatch(ScriptedModel(40)), BrokenTokenizer(), max_model_len=MAX_LEN,
+                               eos_token_ids=[0], batch_size=4, batch_timeout=0)
     scheduler.start()
     with pytest.raises(EngineDeadError):
         run(collect(scheduler, request("r", [1], 10)))
@@ -306,9 +306,9 @@ def llama(tiny_model: Path):
 def llama_scheduler(llama, **kwargs: Any) -> BatchScheduler:
     model, tokenizer = llama
     options = dict(max_model_len=MAX_LEN, eos_token_ids=[tokenizer.eos_token_id], batch_size=8, batch_timeout=0.5,
-                   pad_token_id=tokenizer.pad_token_id, num_threads=1)
+                   num_threads=1)
     options.update(kwargs)
-    scheduler = BatchScheduler(model, tokenizer, **options)
+    scheduler = BatchScheduler(LeftPaddedBatch(model, tokenizer.pad_token_id), tokenizer, **options)
     scheduler.start()
     return scheduler
 

@@ -18,7 +18,8 @@ pytest.importorskip("optimum.onnxruntime")
 
 from serving_app import artifacts  # noqa: E402
 from serving_app.engines.base import GenerationRequest, SamplingOptions  # noqa: E402
-from serving_app.engines.onnx_engine import OnnxModelError, OnnxRuntimeEngine, resolve_onnx_model  # noqa: E402
+from serving_app.engines.onnx_engine import (OnnxModelError, OnnxRuntimeEngine, SharedKVCacheModel,  # noqa: E402
+                                             resolve_onnx_model)
 from serving_app.serve_args import parse_serve_args  # noqa: E402
 from tests.engine_cases import convert_to_onnx  # noqa: E402
 
@@ -62,10 +63,18 @@ def test_conversion_writes_a_sealed_int8_model_with_config_and_tokenizer(convert
     int8 = [node for node in graph.graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     assert int8 and all(node.input[1] in constants for node in int8), \
         [node.name for node in int8 if node.input[1] not in constants]
-    assert any(node.op_type == "MatMul" and "self_attn" in node.name for node in graph.graph.node)
     float_graph = onnx.load(str(converted["float32"] / "model.onnx"))
     assert not any(node.op_type == "MatMulInteger" for node in float_graph.graph.node)
     assert json.loads((converted["float32"] / artifacts.MARKER).read_text())["data_type"] == "float32"
+    # Both: every layer's attention updates the KV cache in place (past and present are one buffer), no Concat.
+    for model in (graph, float_graph):
+        layers = sum(1 for i in model.graph.input if i.name.endswith(".key"))
+        producers = {out: node for node in model.graph.node for out in node.output}
+        for layer in range(layers):
+            node = producers[f"present.{layer}.key"]
+            assert node.op_type == "GroupQueryAttention" and node is producers[f"present.{layer}.value"]
+            assert list(node.input[3:5]) == [f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"]
+        assert record["kv_cache"] == "shared-buffer"
 
 
 def test_a_failed_conversion_exits_non_zero_and_writes_nothing(tmp_path: Path):
@@ -111,6 +120,12 @@ def test_the_engine_refuses_the_wrong_precision_and_foreign_onnx_files(converted
     (foreign / artifacts.MARKER).unlink()
     with pytest.raises(OnnxModelError, match="not produced by serving_app.convert"):
         resolve_onnx_model(str(foreign), "int8")
+    older = Path(shutil.copytree(converted["int8"], tmp_path / "older"))
+    marker = json.loads((older / artifacts.MARKER).read_text())
+    del marker["kv_cache"]  # as serving_app.convert wrote it before attention was rewritten
+    (older / artifacts.MARKER).write_text(json.dumps(marker))
+    with pytest.raises(OnnxModelError, match="older serving_app.convert.*convert again.*--force"):
+        resolve_onnx_model(str(older), "int8")
     damaged = Path(shutil.copytree(converted["int8"], tmp_path / "damaged"))
     (damaged / "model.onnx").write_bytes(b"")
     with pytest.raises(OnnxModelError, match="damaged or partial.*--force"):
@@ -157,6 +172,59 @@ def test_float32_onnx_output_is_the_same_alone_and_batched(converted: dict[str, 
 
     alone, batched = asyncio.run(scenario())
     assert all(alone) and batched == alone
+
+
+def test_the_in_place_cache_matches_transformers_as_rows_join_and_leave(tiny_model: Path,
+                                                                        converted: dict[str, Path]):
+    """float32 ONNX through SharedKVCacheModel against the transformers model run on each row's whole sequence,
+    no cache: prefill of right-padded prompts, rows joining into free slots, a row leaving (later rows move
+    down), and the buffer's time axis growing past its first capacity."""
+    import onnxruntime
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model, torch_dtype=torch.float32).eval()
+    session = onnxruntime.InferenceSession(str(converted["float32"] / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    model = SharedKVCacheModel(session, max_rows=4, max_len=512, pad_token_id=0)
+    rows: list[list[int]] = []
+
+    def expect(logits: torch.Tensor) -> None:
+        with torch.inference_mode():
+            for row, got in zip(rows, logits):
+                want = reference(input_ids=torch.tensor([row])).logits[0, -1]
+                assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (len(row), (got - want).abs().max())
+
+    def decode(steps: int) -> None:
+        for _ in range(steps):
+            tokens = [(row[-1] * 7 + 3) % 200 + 5 for row in rows]
+            for row, token in zip(rows, tokens):
+                row.append(token)
+            expect(model.decode(tokens))
+
+    def prefill(prompts: list[list[int]]) -> None:
+        logits = model.prefill(prompts)
+        rows.extend(list(p) for p in prompts)
+        expect_new = rows[len(rows) - len(prompts):]
+        with torch.inference_mode():
+            for row, got in zip(expect_new, logits):
+                want = reference(input_ids=torch.tensor([row])).logits[0, -1]
+                assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+    prefill([[5, 6, 7], list(range(10, 40))])
+    decode(3)
+    prefill([list(range(50, 61))])  # joins into slot 2 while rows 0 and 1 hold their caches
+    decode(2)
+    model.keep([0, 2])  # row 1 leaves: row 2 moves to slot 1
+    del rows[1]
+    decode(2)
+    prefill([list(range(100, 170))])  # 70 tokens: the buffer grows past its first 64 positions
+    assert model.capacity == 128
+    decode(3)
+    model.reset()
+    rows.clear()
+    prefill([[9, 8, 7, 6]])
+    decode(1)
 
 
 def test_int8_engine_batches_requests_of_different_lengths(converted: dict[str, Path]):

@@ -7,9 +7,11 @@ from the KV cache), and waiting requests join (prefilled, then merged into the c
 stream, sampling options, generator and token budget; rows are left-padded, with an attention mask and position
 ids, so a request's output does not depend on its neighbours' lengths.
 
-The model side is one function, `BatchModel.forward`, over Hugging Face's legacy KV cache layout: a tuple (one
-entry per layer) of tuples of tensors shaped [batch, heads, time, head_dim]. Engine libraries are not imported
-here; torch is in every CPU image.
+The model side is `BatchModel`: it owns the running rows' KV cache and is told which rows to prefill, decode, keep
+or forget. `LeftPaddedBatch` implements it over any Hugging Face style forward (BigDL-LLM) with the legacy cache
+layout: a tuple (one entry per layer) of tuples of tensors shaped [batch, heads, time, head_dim], left-padded, with
+an attention mask. The ONNX Runtime engine has its own (a preallocated buffer updated in place). Engine libraries
+are not imported here; torch is in every CPU image.
 """
 
 from __future__ import annotations
@@ -43,6 +45,24 @@ Past = Any  # tuple[tuple[torch.Tensor, ...], ...]
 
 
 class BatchModel(Protocol):
+    """A model together with the KV cache of the running batch. Rows are numbered 0..n-1 in the order the
+    scheduler keeps them; the scheduler calls these from its worker thread only."""
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Run `prompts` as new rows after the running ones: each prompt's last-position logits [k, vocab]. If it
+        raises, the running rows are as they were."""
+
+    def decode(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feed one token to every running row (in row order): logits [rows, vocab]."""
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only these running rows (ascending indices); they become rows 0..len(rows)-1."""
+
+    def reset(self) -> None:
+        """Forget every row (after a failed step, whose cache state is unknown)."""
+
+
+class Forward(Protocol):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 past: Optional[Past]) -> tuple[torch.Tensor, Past]:
         """input_ids/position_ids [batch, new], attention_mask [batch, past + new]: the last position's logits
@@ -50,7 +70,7 @@ class BatchModel(Protocol):
 
 
 class HFCausalLM:
-    """A transformers causal LM (BigDL-LLM's optimised models are ones) or an Optimum ORTModelForCausalLM."""
+    """A transformers causal LM (BigDL-LLM's optimised models are ones): its forward over the legacy cache layout."""
 
     def __init__(self, model: Any, cache_objects: Optional[bool] = None):
         self.model = model
@@ -123,6 +143,46 @@ def _concat(a: tuple[Past, torch.Tensor], b: tuple[Past, torch.Tensor]) -> tuple
     (past_a, mask_a), (past_b, mask_b) = _pad_left(*a, width), _pad_left(*b, width)
     past = tuple(tuple(torch.cat([x, y], dim=0) for x, y in zip(la, lb)) for la, lb in zip(past_a, past_b))
     return past, torch.cat([mask_a, mask_b], dim=0)
+
+
+class LeftPaddedBatch:
+    """`BatchModel` over a Hugging Face style forward: rows left-padded to a common width, an attention mask, and
+    position ids from each row's own length, so a row's output does not depend on its neighbours' lengths."""
+
+    def __init__(self, model: Forward, pad_token_id: int = 0):
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self._past: Optional[Past] = None
+        self._mask: Optional[torch.Tensor] = None
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, width - len(prompt):] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits, past = self.model.forward(ids, mask, positions, None)
+        if self._mask is None:
+            self._past, self._mask = past, mask
+        else:
+            self._past, self._mask = _concat((self._past, self._mask), (past, mask))
+        return logits
+
+    def decode(self, tokens: Sequence[int]) -> torch.Tensor:
+        ids = torch.tensor(tokens, dtype=torch.long)[:, None]
+        positions = self._mask.sum(dim=1, keepdim=True)
+        mask = torch.cat([self._mask, self._mask.new_ones(len(tokens), 1)], dim=1)
+        logits, self._past = self.model.forward(ids, mask, positions, self._past)
+        self._mask = mask
+        return logits
+
+    def keep(self, rows: Sequence[int]) -> None:
+        self._past, self._mask = _select(self._past, self._mask, list(rows))
+
+    def reset(self) -> None:
+        self._past, self._mask = None, None
 
 
 # ---- requests ------------------------------------------------------------------------------------------------
@@ -256,7 +316,7 @@ class BatchScheduler:
 
     def __init__(self, model: BatchModel, tokenizer: Any, *, max_model_len: int, eos_token_ids: Sequence[int],
                  batch_size: int = DEFAULT_BATCH_SIZE, batch_timeout: float = 0.01,
-                 max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS, pad_token_id: int = 0, name: str = "engine",
+                 max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS, name: str = "engine",
                  num_threads: Optional[int] = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -269,7 +329,6 @@ class BatchScheduler:
         self.batch_size = batch_size
         self.batch_timeout = batch_timeout
         self.max_prefill_tokens = max_prefill_tokens
-        self.pad_token_id = pad_token_id
         self.name = name
         self.num_threads = num_threads
         self._cond = threading.Condition()
@@ -279,8 +338,6 @@ class BatchScheduler:
         self._stopping = False
         self._error: Optional[BaseException] = None
         self._rows: list[_Row] = []
-        self._past: Optional[Past] = None
-        self._mask: Optional[torch.Tensor] = None
         self.steps = 0
         self._thread = threading.Thread(target=self._work, name=f"{name}-batching", daemon=True)
 
@@ -444,47 +501,28 @@ class BatchScheduler:
             self._prefill_group(group)
 
     def _prefill_group(self, rows: list[_Row]) -> None:
-        width = max(len(r.prompt) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row.prompt):] = torch.tensor(row.prompt, dtype=torch.long)
-            mask[i, width - len(row.prompt):] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         try:
             with torch.inference_mode():
-                logits, past = self.model.forward(ids, mask, positions, None)
+                logits = self.model.prefill([row.prompt for row in rows])
         except Exception as error:  # this group's prompts only; the running batch carries on
             logger.exception("%s prefill failed", self.name)
             self._fail(rows, error)
             return
-        self._emit(rows, sample(logits, rows))
-        keep = [i for i, row in enumerate(rows) if not row.done]
-        self._release([row for row in rows if row.done])
-        if not keep:
-            return
-        past, mask = _select(past, mask, keep)
-        rows = [rows[i] for i in keep]
-        if self._rows:
-            self._past, self._mask = _concat((self._past, self._mask), (past, mask))
-        else:
-            self._past, self._mask = past, mask
         self._rows.extend(rows)
+        self._emit(rows, sample(logits, rows))
+        self._drop_finished()
 
     def _decode(self) -> None:
         rows = self._rows
-        ids = torch.tensor([[row.next_token] for row in rows], dtype=torch.long)
-        positions = torch.tensor([[row.position] for row in rows], dtype=torch.long)
-        mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
         try:
             with torch.inference_mode():
-                logits, self._past = self.model.forward(ids, mask, positions, self._past)
+                logits = self.model.decode([row.next_token for row in rows])
         except Exception as error:  # the cache is in an unknown state: fail the batch, keep serving new ones
             logger.exception("%s decode step failed", self.name)
             self._fail(rows, error)
-            self._rows, self._past, self._mask = [], None, None
+            self._rows = []
+            self.model.reset()
             return
-        self._mask = mask
         self.steps += 1
         for row in rows:
             row.position += 1
@@ -498,11 +536,11 @@ class BatchScheduler:
             return
         self._release(done)
         keep = [i for i, row in enumerate(self._rows) if not row.done]
+        self._rows = [self._rows[i] for i in keep]
         if keep:
-            self._past, self._mask = _select(self._past, self._mask, keep)
-            self._rows = [self._rows[i] for i in keep]
+            self.model.keep(keep)
         else:
-            self._rows, self._past, self._mask = [], None, None
+            self.model.reset()
 
 
 # ---- the engine both CPU backends share -----------------------------------------------------------------------
@@ -525,6 +563,7 @@ class BatchingEngine(Engine):
     def __init__(self, args: ServeArgs):
         super().__init__(args)  # ServeArgs already refused engine_kwargs this engine does not take
         self.num_threads = int(args.engine_kwargs.get("num_threads") or max(1, int(args.num_cpus)))
+        self.batch_size = args.batch_size or DEFAULT_BATCH_SIZE
         self._scheduler: Optional[BatchScheduler] = None
         self._loaded: Optional[LoadedModel] = None
 
@@ -543,10 +582,9 @@ class BatchingEngine(Engine):
             loaded.model, loaded.tokenizer,
             max_model_len=loaded.max_model_len,
             eos_token_ids=loaded.eos_token_ids,
-            batch_size=self.args.batch_size or DEFAULT_BATCH_SIZE,
+            batch_size=self.batch_size,
             batch_timeout=self.args.batch_timeout,
             max_prefill_tokens=int(self.args.engine_kwargs.get("max_prefill_tokens", DEFAULT_MAX_PREFILL_TOKENS)),
-            pad_token_id=_pad_token_id(loaded.tokenizer, loaded.eos_token_ids),
             name=self.label,
             num_threads=self.num_threads,
         )
@@ -589,7 +627,7 @@ class BatchingEngine(Engine):
             await asyncio.to_thread(scheduler.shutdown)
 
 
-def _pad_token_id(tokenizer: Any, eos_token_ids: Sequence[int]) -> int:
+def pad_token_id(tokenizer: Any, eos_token_ids: Sequence[int]) -> int:
     """Any real token works (padding is masked); prefer the tokenizer's own pad token."""
     for candidate in (getattr(tokenizer, "pad_token_id", None), *eos_token_ids):
         if candidate is not None:

@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 from .. import artifacts
 from ..serve_args import DataType, ServeArgs
-from .batching import BatchingEngine, HFCausalLM, LoadedModel, eos_token_ids, resolve_max_model_len
+from .batching import (BatchingEngine, HFCausalLM, LeftPaddedBatch, LoadedModel, eos_token_ids, pad_token_id,
+                       resolve_max_model_len)
 
 logger = logging.getLogger("ray.serve")
 
@@ -103,11 +104,12 @@ class BigDLEngine(BatchingEngine):
         )
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(self.args.model_name, trust_remote_code=trust)
+        eos = eos_token_ids(model.config, getattr(model, "generation_config", None), tokenizer)
         return LoadedModel(
-            model=HFCausalLM(model),
+            model=LeftPaddedBatch(HFCausalLM(model), pad_token_id(tokenizer, eos)),
             tokenizer=tokenizer,
             max_model_len=resolve_max_model_len(self.args, model.config),
-            eos_token_ids=eos_token_ids(model.config, getattr(model, "generation_config", None), tokenizer),
+            eos_token_ids=eos,
             description=f"BigDL-LLM {self.precision} (low-bit cache {self.cache_status}: {self.cache_path})",
         )
 

@@ -1,5 +1,6 @@
-"""AMD EPYC engine: an ONNX int8 model made by `python -m serving_app.convert onnx`, run by ONNX Runtime through
-Optimum's ORTModelForCausalLM, batched by `batching.BatchScheduler`.
+"""AMD EPYC engine: an ONNX int8 model made by `python -m serving_app.convert onnx`, run by ONNX Runtime with its KV
+cache in one preallocated buffer per layer that the graph updates in place (`serving_app.onnx_attention`), batched by
+`batching.BatchScheduler`.
 
 Pointed at a plain Hugging Face model it refuses with the command that converts it, or, with
 `engine_kwargs.convert: true`, converts it at startup into a cache beside the model (reused by later starts).
@@ -10,12 +11,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
 
 from .. import artifacts
 from ..convert import ONNX_KIND, ConversionError, convert_command, convert_onnx, onnx_data_type
+from ..onnx_attention import KV_CACHE_LAYOUT
 from ..serve_args import DataType, ServeArgs
-from .batching import BatchingEngine, HFCausalLM, LoadedModel, eos_token_ids, resolve_max_model_len
+from .batching import BatchingEngine, LoadedModel, eos_token_ids, pad_token_id, resolve_max_model_len
 
 logger = logging.getLogger("ray.serve")
 
@@ -39,6 +44,10 @@ def resolve_onnx_model(model_name: str, data_type: str, convert: bool = False, c
     if path.is_dir():
         record, why = artifacts.inspect(path, {"kind": ONNX_KIND})
         if record is not None:
+            if record.get("kv_cache") != KV_CACHE_LAYOUT:
+                raise OnnxModelError(
+                    f"{path} was converted by an older serving_app.convert (its attention copies the KV cache every "
+                    f"step): convert again: {convert_command(model_name, str(path), quantize)} --force")
             if record.get("data_type") != data_type:
                 raise OnnxModelError(
                     f"{path} holds a {record.get('data_type')} ONNX model but data_type is {data_type}: serve it "
@@ -65,7 +74,8 @@ def resolve_onnx_model(model_name: str, data_type: str, convert: bool = False, c
 
     final = artifacts.cache_location(model_name, "onnx", f"{data_type}-{quantization}" if quantize else data_type,
                                      cache_dir)
-    expect = {"kind": ONNX_KIND, "data_type": data_type, **artifacts.source_fingerprint(model_name)}
+    expect = {"kind": ONNX_KIND, "data_type": data_type, "kv_cache": KV_CACHE_LAYOUT,
+              **artifacts.source_fingerprint(model_name)}
     record, why = artifacts.inspect(final, expect)
     if record is not None:
         logger.info("serving the ONNX conversion of %s cached at %s", model_name, final)
@@ -82,6 +92,94 @@ def resolve_onnx_model(model_name: str, data_type: str, convert: bool = False, c
     return final, record
 
 
+class SharedKVCacheModel:
+    """`batching.BatchModel` over an ONNX session whose attention updates its KV cache in place.
+
+    Each layer's key and value live in one buffer [batch_size, kv_heads, capacity, head_dim]; row r of the running
+    batch is slot r, its tokens at positions 0..length-1. A step binds the running slots (a contiguous prefix of
+    the buffer) as both past and present, so nothing is copied; new rows are prefilled straight into the free slots
+    after them. Rows leave by moving the later rows' cached tokens down. The time axis grows (by doubling, up to
+    max_model_len) when a row needs it, so short conversations do not pay for the longest one possible."""
+
+    def __init__(self, session: Any, *, max_rows: int, max_len: int, pad_token_id: int):
+        self.session = session
+        self.max_rows = max_rows
+        self.max_len = max_len
+        self.pad_token_id = pad_token_id
+        self.cache_names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+        shape = next(i.shape for i in session.get_inputs() if i.name == self.cache_names[0])
+        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        self.lengths: list[int] = []  # cached tokens per running row
+        self.capacity = 0
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def _reserve(self, tokens: int) -> None:
+        if tokens <= self.capacity:
+            return
+        if tokens > self.max_len:
+            raise ValueError(f"{tokens} tokens exceed max_model_len {self.max_len}")
+        capacity = min(self.max_len, max(64, 1 << (tokens - 1).bit_length()))
+        rows, used = len(self.lengths), max(self.lengths, default=0)
+        for name in self.cache_names:
+            grown = np.zeros((self.max_rows, self.kv_heads, capacity, self.head_dim), dtype=np.float32)
+            if name in self.buffers and rows:
+                grown[:rows, :, :used] = self.buffers[name][:rows, :, :used]
+            self.buffers[name] = grown
+        self.capacity = capacity
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, first_slot: int) -> np.ndarray:
+        import onnxruntime
+
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_cpu_input("position_ids", positions)
+        for name in self.cache_names:
+            slots = self.buffers[name][first_slot:first_slot + len(ids)]  # contiguous: the slot axis is outermost
+            binding.bind_ortvalue_input(name, onnxruntime.OrtValue.ortvalue_from_numpy(slots))
+            binding.bind_output(name.replace("past_key_values.", "present."), "cpu", 0, np.float32,
+                                list(slots.shape), slots.ctypes.data)
+        binding.bind_output("logits")
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[-1].numpy()
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        first, width = len(self.lengths), max(len(p) for p in prompts)
+        if first + len(prompts) > self.max_rows:
+            raise ValueError(f"{first + len(prompts)} rows exceed the cache's {self.max_rows} slots")
+        self._reserve(width)
+        ids = np.full((len(prompts), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(prompts), width), dtype=np.int64)
+        for i, prompt in enumerate(prompts):  # right-padded: each row's tokens start at slot position 0
+            ids[i, :len(prompt)] = prompt
+            mask[i, :len(prompt)] = 1
+        positions = np.broadcast_to(np.arange(width, dtype=np.int64), ids.shape).copy()
+        logits = self._run(ids, mask, positions, first)
+        last = np.array([len(p) - 1 for p in prompts])
+        self.lengths.extend(len(p) for p in prompts)
+        return torch.from_numpy(np.ascontiguousarray(logits[np.arange(len(prompts)), last], dtype=np.float32))
+
+    def decode(self, tokens: Sequence[int]) -> torch.Tensor:
+        lengths = np.array(self.lengths, dtype=np.int64)
+        width = int(lengths.max()) + 1
+        self._reserve(width)
+        mask = (np.arange(width)[None, :] <= lengths[:, None]).astype(np.int64)
+        logits = self._run(np.array(tokens, dtype=np.int64)[:, None], mask, lengths[:, None].copy(), 0)
+        self.lengths = [n + 1 for n in self.lengths]
+        return torch.from_numpy(np.ascontiguousarray(logits[:, -1], dtype=np.float32))
+
+    def keep(self, rows: Sequence[int]) -> None:
+        for slot, row in enumerate(rows):  # ascending, so a source is never overwritten before it moves
+            if slot != row:
+                used = self.lengths[row]
+                for buffer in self.buffers.values():
+                    buffer[slot, :, :used] = buffer[row, :, :used]
+        self.lengths = [self.lengths[row] for row in rows]
+
+    def reset(self) -> None:
+        self.lengths = []
+
+
 class OnnxRuntimeEngine(BatchingEngine):
     label = "onnxruntime"
     def __init__(self, args: ServeArgs):
@@ -92,8 +190,7 @@ class OnnxRuntimeEngine(BatchingEngine):
 
     def load(self) -> LoadedModel:
         import onnxruntime
-        from optimum.onnxruntime import ORTModelForCausalLM
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         kwargs = self.args.engine_kwargs
         directory, record = resolve_onnx_model(
@@ -102,21 +199,26 @@ class OnnxRuntimeEngine(BatchingEngine):
             quantization=str(kwargs.get("quantization", "avx2")),
         )
         self.model_dir = directory
-        session = onnxruntime.SessionOptions()
+        options = onnxruntime.SessionOptions()
         # The replica's reserved CPUs, not every core of the node (ONNX Runtime's default).
-        session.intra_op_num_threads = self.num_threads
-        session.inter_op_num_threads = 1
-        model = ORTModelForCausalLM.from_pretrained(
-            directory, file_name=record["file_name"], use_cache=True, use_io_binding=False,
-            provider="CPUExecutionProvider", session_options=session,
-        )
-        if not model.can_use_cache:
-            raise OnnxModelError(f"{directory} was exported without a KV cache: convert it again")
+        options.intra_op_num_threads = self.num_threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(str(directory / record["file_name"]), options,
+                                               providers=["CPUExecutionProvider"])
+        config = AutoConfig.from_pretrained(directory)
+        try:
+            generation_config = GenerationConfig.from_pretrained(directory)
+        except OSError:  # optional: the model's config says the eos too
+            generation_config = None
         tokenizer = AutoTokenizer.from_pretrained(directory)
+        eos = eos_token_ids(config, generation_config, tokenizer)
+        max_model_len = resolve_max_model_len(self.args, config)
+        model = SharedKVCacheModel(session, max_rows=self.batch_size, max_len=max_model_len,
+                                   pad_token_id=pad_token_id(tokenizer, eos))
         return LoadedModel(
-            model=HFCausalLM(model, cache_objects=False),
+            model=model,
             tokenizer=tokenizer,
-            max_model_len=resolve_max_model_len(self.args, model.config),
-            eos_token_ids=eos_token_ids(model.config, getattr(model, "generation_config", None), tokenizer),
+            max_model_len=max_model_len,
+            eos_token_ids=eos,
             description=f"ONNX Runtime {record['data_type']} ({directory / record['file_name']})",
         )

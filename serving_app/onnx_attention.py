@@ -1,0 +1,215 @@
+"""Rewrite an Optimum-exported decoder so its KV cache is updated in place.
+
+Optimum's graph appends each step's key/value to the past with a Concat (past -> present), so every decode step
+copies the whole cache, and attends over a left-padded past. At 8 streams that copy cost as much as the weights
+(benchmarks/RESULTS.md, issue 3). Here each layer's attention (the two Concats, Q.K^T, mask, softmax, P.V) is
+replaced by ONNX Runtime's GroupQueryAttention, which writes the new key/value into a preallocated buffer that is
+both its past and its present input (`past_present_share_buffer`), and attends over each row's own length
+(`seqlens_k`, from the attention mask). The caller then keeps one buffer per layer, rows right-aligned at position
+0, and binds it as past and present (see `engines/onnx_engine.py`).
+
+Inputs and outputs keep their names; what changes is the contract: `attention_mask` is right-padded (row b has
+ones for its cached tokens plus the new ones, then zeros), and `past_key_values.*` are the shared buffers (their
+time axis is the buffer's capacity, not the past length). `onnx` is imported by callers in the ONNX image only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+KV_CACHE_LAYOUT = "shared-buffer"  # recorded in the artifact's marker; engines refuse other layouts
+
+
+class AttentionRewriteError(RuntimeError):
+    """The exported graph does not have the attention pattern this rewrite knows."""
+
+
+def _constant_value(graph: Any, name: str) -> Optional[float]:
+    from onnx import numpy_helper
+
+    for init in graph.initializer:
+        if init.name == name:
+            value = numpy_helper.to_array(init)
+            return float(value.reshape(-1)[0]) if value.size == 1 else None
+    for node in graph.node:
+        if node.op_type == "Constant" and name in node.output:
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    value = numpy_helper.to_array(attribute.t)
+                    return float(value.reshape(-1)[0]) if value.size == 1 else None
+                if attribute.name == "value_float":
+                    return float(attribute.f)
+    return None
+
+
+def _scale_of(graph: Any, producers: dict[str, Any], tensor: str) -> tuple[str, float]:
+    """Follow `tensor` back through Mul-by-constant nodes: (the unscaled tensor, the product of the constants)."""
+    scale = 1.0
+    while tensor in producers and producers[tensor].op_type == "Mul":
+        node = producers[tensor]
+        factors = [_constant_value(graph, name) for name in node.input]
+        if factors[1] is not None:
+            tensor, factor = node.input[0], factors[1]
+        elif factors[0] is not None:
+            tensor, factor = node.input[1], factors[0]
+        else:
+            break
+        scale *= factor
+    return tensor, scale
+
+
+def _skip_transpose(producers: dict[str, Any], tensor: str) -> tuple[str, bool]:
+    node = producers.get(tensor)
+    if node is not None and node.op_type == "Transpose":
+        return node.input[0], True
+    return tensor, False
+
+
+def rewrite_attention(model: Any, num_heads: int) -> int:
+    """Rewrite `model` (an onnx.ModelProto, changed in place); returns the number of layers rewritten."""
+    from onnx import helper
+
+    graph = model.graph
+    inputs = {i.name: i for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    layers = sorted(int(name.split(".")[1]) for name in inputs
+                    if name.startswith("past_key_values.") and name.endswith(".key"))
+    if not layers:
+        raise AttentionRewriteError("the graph has no past_key_values inputs (exported without a KV cache?)")
+    if "attention_mask" not in inputs:
+        raise AttentionRewriteError("the graph has no attention_mask input")
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def downstream(start: str, op_type: str) -> list[Any]:
+        """Nodes of op_type reachable from `start` through data (not Shape), stopping at them (breadth first)."""
+        found, seen, frontier = [], set(), [start]
+        while frontier:
+            tensor = frontier.pop(0)
+            for node in consumers.get(tensor, []):
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                if node.op_type == "Shape":
+                    continue
+                if node.op_type == op_type:
+                    found.append(node)
+                else:
+                    frontier.extend(node.output)
+        return found
+
+    kv_heads = inputs[f"past_key_values.{layers[0]}.key"].type.tensor_type.shape.dim[1].dim_value
+    head_dim = inputs[f"past_key_values.{layers[0]}.key"].type.tensor_type.shape.dim[3].dim_value
+    if not kv_heads or not head_dim:
+        raise AttentionRewriteError("past_key_values need fixed head and head_dim axes")
+
+    # Shared by every layer: each row's length - 1 and the mask's width, as GroupQueryAttention takes them.
+    new_nodes = [
+        helper.make_node("Constant", [], ["kv/axis1"], value=helper.make_tensor("kv/axis1_v", 7, [1], [1])),
+        helper.make_node("ReduceSum", ["attention_mask", "kv/axis1"], ["kv/lengths"], keepdims=0),
+        helper.make_node("Constant", [], ["kv/one"], value=helper.make_tensor("kv/one_v", 7, [], [1])),
+        helper.make_node("Sub", ["kv/lengths", "kv/one"], ["kv/last"]),
+        helper.make_node("Cast", ["kv/last"], ["kv/seqlens_k"], to=6),
+        helper.make_node("Shape", ["attention_mask"], ["kv/mask_shape"], start=1, end=2),
+        helper.make_node("Constant", [], ["kv/scalar"], value=helper.make_tensor("kv/scalar_v", 7, [0], [])),
+        helper.make_node("Reshape", ["kv/mask_shape", "kv/scalar"], ["kv/width"]),
+        helper.make_node("Cast", ["kv/width"], ["kv/total_sequence_length"], to=6),
+        helper.make_node("Constant", [], ["kv/bsh"], value=helper.make_tensor("kv/bsh_v", 7, [3], [0, 0, -1])),
+    ]
+    removed: set[int] = set()
+    for layer in layers:
+        past_k, past_v = f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
+        present_k, present_v = f"present.{layer}.key", f"present.{layer}.value"
+        concat_k, concat_v = producers.get(present_k), producers.get(present_v)
+        if (concat_k is None or concat_k.op_type != "Concat" or list(concat_k.input)[0] != past_k
+                or concat_v is None or concat_v.op_type != "Concat" or list(concat_v.input)[0] != past_v):
+            raise AttentionRewriteError(f"layer {layer}: {present_k}/{present_v} are not Concat(past, new)")
+        scores = downstream(present_k, "MatMul")
+        weighted = downstream(present_v, "MatMul")
+        if len(scores) != 1 or len(weighted) != 1:
+            raise AttentionRewriteError(f"layer {layer}: expected one Q.K^T and one P.V MatMul")
+        score, mix = scores[0], weighted[0]
+        query, query_scale = _scale_of(graph, producers, score.input[0])
+        # K's side: present -> (repeat kv) -> Transpose -> Mul(scale) -> MatMul; only the scale matters here.
+        _, key_scale = _scale_of(graph, producers, score.input[1])
+        after = consumers.get(mix.output[0], [])
+        if len(after) != 1 or after[0].op_type != "Transpose":
+            raise AttentionRewriteError(f"layer {layer}: P.V is not followed by a Transpose")
+        reshaped = consumers.get(after[0].output[0], [])
+        if len(reshaped) != 1 or reshaped[0].op_type != "Reshape":
+            raise AttentionRewriteError(f"layer {layer}: attention output is not reshaped to [batch, seq, hidden]")
+        attention_output = reshaped[0].output[0]
+        scale = query_scale * key_scale
+        prefix = f"kv/layer{layer}"
+
+        def to_bsh(tensor: str, name: str) -> str:
+            """[batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim] (undoing the export's Transpose)."""
+            source, was_transposed = _skip_transpose(producers, tensor)
+            if was_transposed:  # source is [batch, seq, heads, head_dim] already
+                new_nodes.append(helper.make_node("Reshape", [source, "kv/bsh"], [f"{prefix}/{name}"]))
+            else:
+                new_nodes.append(helper.make_node("Transpose", [tensor], [f"{prefix}/{name}_t"], perm=[0, 2, 1, 3]))
+                new_nodes.append(helper.make_node("Reshape", [f"{prefix}/{name}_t", "kv/bsh"], [f"{prefix}/{name}"]))
+            return f"{prefix}/{name}"
+
+        q, k, v = to_bsh(query, "q"), to_bsh(concat_k.input[1], "k"), to_bsh(concat_v.input[1], "v")
+        new_nodes.append(helper.make_node(
+            "GroupQueryAttention",
+            [q, k, v, past_k, past_v, "kv/seqlens_k", "kv/total_sequence_length"],
+            [attention_output, present_k, present_v],
+            domain="com.microsoft", name=f"{prefix}/GroupQueryAttention",
+            num_heads=num_heads, kv_num_heads=kv_heads, scale=scale,
+        ))
+        removed.update({id(concat_k), id(concat_v), id(reshaped[0])})
+
+    kept = [node for node in graph.node if id(node) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept + new_nodes)
+    _drop_unused(graph, outputs)
+    _sort_topologically(graph)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return len(layers)
+
+
+def _drop_unused(graph: Any, outputs: set[str]) -> None:
+    """Remove nodes (and initializers) nothing reachable from the outputs uses: the old attention and mask."""
+    producers = {out: node for node in graph.node for out in node.output}
+    needed, frontier, live = set(), list(outputs), set()
+    while frontier:
+        tensor = frontier.pop()
+        if tensor in needed:
+            continue
+        needed.add(tensor)
+        node = producers.get(tensor)
+        if node is not None and id(node) not in live:
+            live.add(id(node))
+            frontier.extend(name for name in node.input if name)
+            for attribute in node.attribute:  # subgraphs' outer-scope inputs
+                for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                    frontier.extend(name for sub in body.node for name in sub.input if name)
+    kept = [node for node in graph.node if id(node) in live]
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [init for init in graph.initializer if init.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+
+
+def _sort_topologically(graph: Any) -> None:
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [node for node in pending if all(name in available for name in node.input)]
+        if not ready:
+            raise AttentionRewriteError("the rewritten graph has a cycle or a missing input")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        ready_ids = {id(node) for node in ready}
+        pending = [node for node in pending if id(node) not in ready_ids]
+    del graph.node[:]
+    graph.node.extend(ordered)
