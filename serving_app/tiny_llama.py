@@ -19,6 +19,9 @@ from pathlib import Path
 # head_dim 64: vLLM's CPU attention rejects 16.
 SIZES = {
     "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, vocab_size=512),
+    # Grouped-query attention (2 query heads per key/value head), as Llama-2-70B and Llama-3 have.
+    "tiny-gqa": dict(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=512),
     "100m": dict(
         hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, vocab_size=8192
     ),
@@ -91,8 +94,7 @@ def generate(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
 
         torch.manual_seed(seed)
         config = LlamaConfig(
-            **{**shape, "vocab_size": len(tokenizer)},
-            num_key_value_heads=shape["num_attention_heads"],
+            **{"num_key_value_heads": shape["num_attention_heads"], **shape, "vocab_size": len(tokenizer)},
             max_position_embeddings=2048,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,

@@ -174,8 +174,20 @@ def test_float32_onnx_output_is_the_same_alone_and_batched(converted: dict[str, 
     assert all(alone) and batched == alone
 
 
-def test_the_in_place_cache_matches_transformers_as_rows_join_and_leave(tiny_model: Path,
-                                                                        converted: dict[str, Path]):
+@pytest.fixture(scope="module")
+def float32_pairs(tiny_model: Path, converted: dict[str, Path],
+                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """(Hugging Face model, its float32 conversion): the tiny Llama, and one with grouped-query attention."""
+    from serving_app.tiny_llama import generate
+
+    root = tmp_path_factory.mktemp("gqa")
+    grouped = generate(root / "tiny-gqa", "tiny-gqa")
+    return {"tiny": (tiny_model, converted["float32"]),
+            "grouped-query": (grouped, convert_to_onnx(grouped, root / "float32", "--no-quantize"))}
+
+
+@pytest.mark.parametrize("shape", ["tiny", "grouped-query"])
+def test_the_in_place_cache_matches_transformers_as_rows_join_and_leave(shape: str, float32_pairs):
     """float32 ONNX through SharedKVCacheModel against the transformers model run on each row's whole sequence,
     no cache: prefill of right-padded prompts, rows joining into free slots, a row leaving (later rows move
     down), and the buffer's time axis growing past its first capacity."""
@@ -183,10 +195,11 @@ def test_the_in_place_cache_matches_transformers_as_rows_join_and_leave(tiny_mod
     import torch
     from transformers import AutoModelForCausalLM
 
-    reference = AutoModelForCausalLM.from_pretrained(tiny_model, torch_dtype=torch.float32).eval()
-    session = onnxruntime.InferenceSession(str(converted["float32"] / "model.onnx"),
-                                           providers=["CPUExecutionProvider"])
+    hf_model, onnx_model = float32_pairs[shape]
+    reference = AutoModelForCausalLM.from_pretrained(hf_model, torch_dtype=torch.float32).eval()
+    session = onnxruntime.InferenceSession(str(onnx_model / "model.onnx"), providers=["CPUExecutionProvider"])
     model = SharedKVCacheModel(session, max_rows=4, max_len=512, pad_token_id=0)
+    assert model.kv_heads == reference.config.num_key_value_heads
     rows: list[list[int]] = []
 
     def expect(logits: torch.Tensor) -> None:
