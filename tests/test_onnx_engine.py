@@ -240,6 +240,21 @@ def test_the_in_place_cache_matches_transformers_as_rows_join_and_leave(shape: s
     decode(1)
 
 
+def test_a_graph_without_the_inputs_the_cache_needs_is_refused_when_loaded():
+    from types import SimpleNamespace
+
+    class Session:  # the inputs of a decoder exported without position ids
+        def get_inputs(self):
+            return [SimpleNamespace(name=n, shape=["batch", 2, "time", 64])
+                    for n in ("input_ids", "attention_mask", "past_key_values.0.key", "past_key_values.0.value")]
+
+        def get_outputs(self):
+            return [SimpleNamespace(name="logits")]
+
+    with pytest.raises(OnnxModelError, match="lacks position_ids: convert it again"):
+        SharedKVCacheModel(Session(), max_rows=2, max_len=64, pad_token_id=0)
+
+
 def test_int8_engine_batches_requests_of_different_lengths(converted: dict[str, Path]):
     engine = OnnxRuntimeEngine(engine_args(converted["int8"], data_type="int8"))
 

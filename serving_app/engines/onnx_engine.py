@@ -106,8 +106,15 @@ class SharedKVCacheModel:
         self.max_rows = max_rows
         self.max_len = max_len
         self.pad_token_id = pad_token_id
-        self.cache_names = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values.")]
-        shape = next(i.shape for i in session.get_inputs() if i.name == self.cache_names[0])
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.cache_names = [name for name in inputs if name.startswith("past_key_values.")]
+        missing = [name for name in ("input_ids", "attention_mask", "position_ids") if name not in inputs]
+        missing += [] if self.cache_names else ["past_key_values.*"]
+        missing += [] if any(o.name == "logits" for o in session.get_outputs()) else ["logits (output)"]
+        if missing:
+            raise OnnxModelError(f"the ONNX model lacks {', '.join(missing)}: convert it again with "
+                                 f"python -m serving_app.convert onnx")
+        shape = inputs[self.cache_names[0]].shape
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.lengths: list[int] = []  # cached tokens per running row
         self.capacity = 0
