@@ -59,9 +59,12 @@ def _scale_of(graph: Any, producers: dict[str, Any], tensor: str) -> tuple[str, 
 
 
 def _skip_transpose(producers: dict[str, Any], tensor: str) -> tuple[str, bool]:
+    """The [batch, seq, heads, head_dim] tensor a [batch, heads, seq, head_dim] one was transposed from, if so."""
     node = producers.get(tensor)
     if node is not None and node.op_type == "Transpose":
-        return node.input[0], True
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        if perm == [0, 2, 1, 3]:
+            return node.input[0], True
     return tensor, False
 
 
@@ -143,6 +146,12 @@ def rewrite_attention(model: Any, num_heads: int) -> int:
             raise AttentionRewriteError(f"layer {layer}: attention output is not reshaped to [batch, seq, hidden]")
         attention_output = reshaped[0].output[0]
         scale = query_scale * key_scale
+        scaled = consumers.get(score.output[0], [])
+        if scale == 1.0 and len(scaled) == 1 and scaled[0].op_type in ("Div", "Mul"):  # scores scaled after Q.K^T
+            factor = _constant_value(graph, scaled[0].input[1])
+            if factor is None:
+                raise AttentionRewriteError(f"layer {layer}: the attention scale is not a constant")
+            scale = 1 / factor if scaled[0].op_type == "Div" else factor
         prefix = f"kv/layer{layer}"
 
         def to_bsh(tensor: str, name: str) -> str:
