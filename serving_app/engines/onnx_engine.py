@@ -92,6 +92,10 @@ def resolve_onnx_model(model_name: str, data_type: str, convert: bool = False, c
     return final, record
 
 
+CACHE_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
+                "tensor(uint8)": np.uint8}
+
+
 class SharedKVCacheModel:
     """`batching.BatchModel` over an ONNX session whose attention updates its KV cache in place.
 
@@ -115,6 +119,7 @@ class SharedKVCacheModel:
             raise OnnxModelError(f"the ONNX model lacks {', '.join(missing)}: convert it again with "
                                  f"python -m serving_app.convert onnx")
         shape = inputs[self.cache_names[0]].shape
+        self.cache_dtype = CACHE_DTYPES[inputs[self.cache_names[0]].type]
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.lengths: list[int] = []  # cached tokens per running row
         self.capacity = 0
@@ -128,7 +133,7 @@ class SharedKVCacheModel:
         capacity = min(self.max_len, max(64, 1 << (tokens - 1).bit_length()))
         rows, used = len(self.lengths), max(self.lengths, default=0)
         for name in self.cache_names:
-            grown = np.zeros((self.max_rows, self.kv_heads, capacity, self.head_dim), dtype=np.float32)
+            grown = np.zeros((self.max_rows, self.kv_heads, capacity, self.head_dim), dtype=self.cache_dtype)
             if name in self.buffers and rows:
                 grown[:rows, :, :used] = self.buffers[name][:rows, :, :used]
             self.buffers[name] = grown
@@ -144,7 +149,7 @@ class SharedKVCacheModel:
         for name in self.cache_names:
             slots = self.buffers[name][first_slot:first_slot + len(ids)]  # contiguous: the slot axis is outermost
             binding.bind_ortvalue_input(name, onnxruntime.OrtValue.ortvalue_from_numpy(slots))
-            binding.bind_output(name.replace("past_key_values.", "present."), "cpu", 0, np.float32,
+            binding.bind_output(name.replace("past_key_values.", "present."), "cpu", 0, slots.dtype,
                                 list(slots.shape), slots.ctypes.data)
         binding.bind_output("logits")
         self.session.run_with_iobinding(binding)
