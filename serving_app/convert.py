@@ -9,12 +9,15 @@ place (`serving_app.onnx_attention`), and saves config, generation config and to
 a staging directory and renamed into place; on failure the command prints why and exits non-zero.
 
 --quantization picks the int8 kernels' target: avx2 (default: correct on every x86-64 CPU, EPYC generations
-included), avx512, avx512_vnni (Zen 4, Sapphire Rapids: faster), arm64.
+included), avx512, avx512_vnni (Zen 4, Sapphire Rapids: ~2x faster prefill), arm64, or auto: this machine's best
+(avx512_vnni where the CPU has VNNI, else avx2; arm64 on ARM). Serve an auto or avx512_vnni conversion only on
+CPUs with VNNI: its signed int8 weights can saturate in plain AVX2 kernels.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import shutil
 import sys
 from pathlib import Path
@@ -22,9 +25,23 @@ from typing import Any, Optional
 
 from . import artifacts
 from .onnx_attention import KV_CACHE_LAYOUT, AttentionRewriteError, rewrite_attention
+from .serve_args import QUANTIZATION_TARGETS
 
 ONNX_KIND = "onnx"
-QUANTIZATION_TARGETS = ("avx2", "avx512", "avx512_vnni", "arm64")
+
+
+def resolve_quantization(target: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    """`auto` -> the target for this machine's CPU; any other target as given."""
+    if target != "auto":
+        return target
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "arm64"
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return "avx512_vnni" if {"avx512_vnni", "avx_vnni"} & set(flags) else "avx2"
 
 
 class ConversionError(RuntimeError):
@@ -98,6 +115,7 @@ def convert_onnx(model: str, out: Path, *, quantize: bool = True, quantization: 
     if quantization not in QUANTIZATION_TARGETS:
         raise ConversionError(f"unknown quantization target {quantization!r} (choose from "
                               f"{', '.join(QUANTIZATION_TARGETS)})")
+    quantization = resolve_quantization(quantization)
     local = Path(model)
     if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise ConversionError(f"model {model!r} does not exist (give a model directory or a hub id)")
@@ -174,7 +192,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     onnx.add_argument("--out", required=True, type=Path, help="directory to create")
     onnx.add_argument("--no-quantize", action="store_true", help="keep float32 weights (data_type float32)")
     onnx.add_argument("--quantization", choices=QUANTIZATION_TARGETS, default="avx2",
-                      help="int8 kernel target (default avx2: any x86-64 CPU)")
+                      help="int8 kernel target (default avx2: any x86-64 CPU; auto: this machine's best)")
     onnx.add_argument("--force", action="store_true", help="replace an existing output directory")
     onnx.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     options = parser.parse_args(argv)

@@ -74,6 +74,10 @@ _DATA_TYPE_ALIASES = {
 }
 _TARGET_ALIASES = {"GPU": "NVIDIA", "CUDA": "NVIDIA", "ROCM": "AMD_GPU", "AMDGPU": "AMD_GPU"}
 
+# ONNX int8 kernel targets (serving_app.convert --quantization). auto: the converting machine's best; a startup
+# conversion runs on the node that serves it.
+QUANTIZATION_TARGETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64")
+
 # The CPU engines' engine_kwargs, known here so a typo fails at `pulumi preview`. vLLM's are too many to mirror:
 # vLLM checks them when the replica starts.
 _BATCHING_ENGINE_KWARGS = {
@@ -90,7 +94,8 @@ ENGINE_KWARGS: dict[EngineName, dict[str, str]] = {
         **_BATCHING_ENGINE_KWARGS,
         "convert": "true: convert a Hugging Face model at startup instead of refusing it (default false)",
         "onnx_cache_dir": "where startup conversions are cached (default: <model>/.onnx-cache, else ~/.cache)",
-        "quantization": "int8 kernel target of a startup conversion: avx2 (default), avx512, avx512_vnni, arm64",
+        "quantization": "int8 kernel target of a startup conversion: auto (default: the node's CPU), avx2, avx512, "
+                        "avx512_vnni, arm64",
     },
 }
 
@@ -199,6 +204,10 @@ class ServeArgs(BaseModel):
                 described = "; ".join(f"{name}: {text}" for name, text in sorted(known.items()))
                 raise ValueError(f"engine_kwargs.{key}: not understood by the {self.engine.value} engine "
                                  f"(it takes: {described})")
+        quantization = self.engine_kwargs.get("quantization")
+        if quantization is not None and quantization not in QUANTIZATION_TARGETS:
+            raise ValueError(f"engine_kwargs.quantization: {quantization!r} is not one of "
+                             f"{', '.join(QUANTIZATION_TARGETS)}")
         for name, amount in self.resources.items():
             if name in ("CPU", "GPU", "memory"):
                 raise ValueError(f"resources.{name}: use num_cpus / gpu_count, not a custom resource")

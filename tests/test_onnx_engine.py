@@ -21,6 +21,7 @@ from serving_app.engines.base import GenerationRequest, SamplingOptions  # noqa:
 from serving_app.engines.onnx_engine import (OnnxModelError, OnnxRuntimeEngine, SharedKVCacheModel,  # noqa: E402
                                              resolve_onnx_model)
 from serving_app.serve_args import parse_serve_args  # noqa: E402
+from serving_app.convert import resolve_quantization  # noqa: E402
 from tests.engine_cases import convert_to_onnx  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,9 @@ def test_the_engine_refuses_the_wrong_precision_and_foreign_onnx_files(converted
 def test_convert_true_converts_once_at_startup(tiny_model: Path, tmp_path: Path):
     model = Path(shutil.copytree(tiny_model, tmp_path / "hf", ignore=shutil.ignore_patterns(".*")))
     directory, record = resolve_onnx_model(str(model), "int8", convert=True)
-    assert directory == model / ".onnx-cache" / "int8-avx2" and record["data_type"] == "int8"
+    # The default target is this node's CPU (auto): the cache is keyed by what it resolved to.
+    target = resolve_quantization("auto")
+    assert directory == model / ".onnx-cache" / f"int8-{target}" and record["quantization"] == target
     again, second = resolve_onnx_model(str(model), "int8", convert=True)
     assert again == directory and second["build_id"] == record["build_id"], "converted twice"
 

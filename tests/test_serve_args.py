@@ -109,3 +109,29 @@ def test_cpu_engine_kwargs_are_checked_before_any_replica_starts():
     args = parse_serve_args({"model_name": "m", "target_device": "INTEL",
                              "engine_kwargs": {"low_bit_cache_dir": "/models/cache", "max_prefill_tokens": 2048}})
     assert args.engine_kwargs["max_prefill_tokens"] == 2048
+
+
+def test_an_unknown_int8_kernel_target_fails_at_preview():
+    with pytest.raises(ValueError, match=r"engine_kwargs.quantization: 'avx3' is not one of auto, avx2"):
+        parse_serve_args({"model_name": "m", "target_device": "AMD", "engine_kwargs": {"quantization": "avx3"}})
+    assert parse_serve_args({"model_name": "m", "target_device": "AMD",
+                             "engine_kwargs": {"quantization": "auto"}}).engine_kwargs["quantization"] == "auto"
+
+
+@pytest.mark.parametrize("flags, target", [
+    ("fpu sse2 avx2 avx512f avx512bw avx512_vnni", "avx512_vnni"),  # Zen 4, Sapphire Rapids
+    ("fpu sse2 avx2 avx_vnni", "avx512_vnni"),  # 256-bit VNNI: the same signed int8 kernels hold
+    ("fpu sse2 avx2 fma", "avx2"),  # Zen 2/3: u8 weights, no saturation
+])
+def test_auto_quantization_follows_the_cpu(tmp_path, flags: str, target: str):
+    import platform
+
+    from serving_app.convert import resolve_quantization
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        pytest.skip("x86 flags")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert resolve_quantization("auto", str(cpuinfo)) == target
+    assert resolve_quantization("avx2", str(cpuinfo)) == "avx2"
+    assert resolve_quantization("auto", str(tmp_path / "missing")) == "avx2"

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .. import artifacts
-from ..convert import ONNX_KIND, ConversionError, convert_command, convert_onnx, onnx_data_type
+from ..convert import (ONNX_KIND, ConversionError, convert_command, convert_onnx, onnx_data_type,
+                       resolve_quantization)
 from ..onnx_attention import KV_CACHE_LAYOUT
 from ..serve_args import DataType, ServeArgs
 from .batching import BatchingEngine, LoadedModel, eos_token_ids, pad_token_id, resolve_max_model_len
@@ -35,7 +36,7 @@ class OnnxModelError(ValueError):
 
 
 def resolve_onnx_model(model_name: str, data_type: str, convert: bool = False, cache_dir: Optional[str] = None,
-                       quantization: str = "avx2") -> tuple[Path, dict[str, Any]]:
+                       quantization: str = "auto") -> tuple[Path, dict[str, Any]]:
     """The converted directory to serve and its marker, converting first when `convert` allows it."""
     path = Path(model_name)
     quantize = data_type == "int8"
@@ -72,6 +73,7 @@ def resolve_onnx_model(model_name: str, data_type: str, convert: bool = False, c
                              f"model_name to that directory), or set engine_kwargs.convert: true to convert it when "
                              f"the replica starts")
 
+    quantization = resolve_quantization(quantization)  # this node's CPU: it serves what it converts
     final = artifacts.cache_location(model_name, "onnx", f"{data_type}-{quantization}" if quantize else data_type,
                                      cache_dir)
     expect = {"kind": ONNX_KIND, "data_type": data_type, "kv_cache": KV_CACHE_LAYOUT,
@@ -208,7 +210,7 @@ class OnnxRuntimeEngine(BatchingEngine):
         directory, record = resolve_onnx_model(
             self.args.model_name, onnx_data_type(self.args.data_type == DataType.INT8),
             convert=bool(kwargs.get("convert", False)), cache_dir=kwargs.get("onnx_cache_dir"),
-            quantization=str(kwargs.get("quantization", "avx2")),
+            quantization=str(kwargs.get("quantization", "auto")),
         )
         self.model_dir = directory
         options = onnxruntime.SessionOptions()
