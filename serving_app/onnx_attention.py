@@ -9,8 +9,10 @@ both its past and its present input (`past_present_share_buffer`), and attends o
 0, and binds it as past and present (see `engines/onnx_engine.py`).
 
 Inputs and outputs keep their names; what changes is the contract: `attention_mask` is right-padded (row b has
-ones for its cached tokens plus the new ones, then zeros), and `past_key_values.*` are the shared buffers (their
-time axis is the buffer's capacity, not the past length). `onnx` is imported by callers in the ONNX image only.
+ones for its cached tokens plus the new ones, then zeros), `past_key_values.*` are the shared buffers (their time
+axis is the buffer's capacity, not the past length), and `logits` is [batch, 1, vocab]: each row's last real
+position only (a prefill's full [batch, prompt, vocab] would be gigabytes with a 128k vocabulary, and the
+lm_head work for every prompt position is wasted). `onnx` is imported by callers in the ONNX image only.
 """
 
 from __future__ import annotations
@@ -174,6 +176,7 @@ def rewrite_attention(model: Any, num_heads: int) -> int:
         ))
         removed.update({id(concat_k), id(concat_v), id(reshaped[0])})
 
+    new_nodes += _keep_last_position_logits(graph, producers)
     kept = [node for node in graph.node if id(node) not in removed]
     del graph.node[:]
     graph.node.extend(kept + new_nodes)
@@ -182,6 +185,46 @@ def rewrite_attention(model: Any, num_heads: int) -> int:
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(layers)
+
+
+def _keep_last_position_logits(graph: Any, producers: dict[str, Any]) -> list[Any]:
+    """Nodes that pick each row's last real position before lm_head: index min(seqlens_k, new tokens - 1), i.e. the
+    prompt's last token when prefilling (right-padded, nothing cached) and the one new token when decoding."""
+    from onnx import helper
+
+    weights = {init.name: list(init.dims) for init in graph.initializer}
+    tensor, lm_head = "logits", None
+    while tensor in producers:  # back from the output to the first weight MatMul: lm_head
+        node = producers[tensor]
+        if node.op_type in ("MatMul", "MatMulInteger") and len(weights.get(node.input[1], [])) == 2:
+            lm_head = node
+            break
+        tensor = node.input[0]
+    if lm_head is None:
+        raise AttentionRewriteError("no lm_head MatMul found before the logits output")
+    # int8: lm_head reads DynamicQuantizeLinear(hidden); pick the rows before quantizing, so the scale is theirs.
+    quantize = producers.get(lm_head.input[0])
+    reader = quantize if quantize is not None and quantize.op_type == "DynamicQuantizeLinear" else lm_head
+    hidden = reader.input[0]
+    nodes = [
+        helper.make_node("Shape", ["input_ids"], ["kv/new_tokens"], start=1, end=2),
+        helper.make_node("Constant", [], ["kv/one_1d"], value=helper.make_tensor("kv/one_1d_v", 7, [1], [1])),
+        helper.make_node("Sub", ["kv/new_tokens", "kv/one_1d"], ["kv/last_new"]),
+        helper.make_node("Cast", ["kv/seqlens_k"], ["kv/seqlens_k64"], to=7),
+        helper.make_node("Min", ["kv/seqlens_k64", "kv/last_new"], ["kv/pick"]),
+        helper.make_node("Constant", [], ["kv/pick_shape"], value=helper.make_tensor("kv/pick_shape_v", 7, [3],
+                                                                                     [-1, 1, 1])),
+        helper.make_node("Reshape", ["kv/pick", "kv/pick_shape"], ["kv/pick_3d"]),
+        helper.make_node("Shape", [hidden], ["kv/hidden_shape"]),
+        helper.make_node("Constant", [], ["kv/one_row"], value=helper.make_tensor("kv/one_row_v", 7, [3], [1, 0, 1])),
+        helper.make_node("Constant", [], ["kv/zero_row"], value=helper.make_tensor("kv/zero_row_v", 7, [3], [0, 1, 0])),
+        helper.make_node("Mul", ["kv/hidden_shape", "kv/one_row"], ["kv/pick_dims0"]),
+        helper.make_node("Add", ["kv/pick_dims0", "kv/zero_row"], ["kv/pick_dims"]),  # [batch, 1, hidden]
+        helper.make_node("Expand", ["kv/pick_3d", "kv/pick_dims"], ["kv/pick_index"]),
+        helper.make_node("GatherElements", [hidden, "kv/pick_index"], ["kv/last_hidden"], axis=1),
+    ]
+    reader.input[0] = "kv/last_hidden"
+    return nodes
 
 
 def _drop_unused(graph: Any, outputs: set[str]) -> None:

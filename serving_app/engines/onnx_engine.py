@@ -168,10 +168,9 @@ class SharedKVCacheModel:
             ids[i, :len(prompt)] = prompt
             mask[i, :len(prompt)] = 1
         positions = np.broadcast_to(np.arange(width, dtype=np.int64), ids.shape).copy()
-        logits = self._run(ids, mask, positions, first)
-        last = np.array([len(p) - 1 for p in prompts])
+        logits = self._run(ids, mask, positions, first)  # [rows, 1, vocab]: each prompt's last token
         self.lengths.extend(len(p) for p in prompts)
-        return torch.from_numpy(np.ascontiguousarray(logits[np.arange(len(prompts)), last], dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(logits[:, -1], dtype=np.float32))
 
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
         lengths = np.array(self.lengths, dtype=np.int64)
