@@ -64,7 +64,7 @@ def time_in_place(path: Path, batch: int, threads: int, cached: int, runs: int, 
 
     session = _session(path, threads, profile)
     model = SharedKVCacheModel(session, max_rows=batch, max_len=cached + runs + 8, pad_token_id=0)
-    model._reserve(cached + runs + 2)
+    model.reserve(cached + runs + 2)
     rng = np.random.default_rng(0)
     for name in model.buffers:  # as if `cached` tokens had been prefilled
         model.buffers[name][:] = rng.standard_normal(model.buffers[name].shape) * 20

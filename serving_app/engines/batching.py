@@ -72,17 +72,13 @@ class Forward(Protocol):
 class HFCausalLM:
     """A transformers causal LM (BigDL-LLM's optimised models are ones): its forward over the legacy cache layout."""
 
-    def __init__(self, model: Any, cache_objects: Optional[bool] = None):
+    def __init__(self, model: Any):
         self.model = model
-        self._cache_class = None
-        if cache_objects is None:  # transformers >= 4.36 models take Cache objects, older ones tuples
-            cache_objects = isinstance(model, torch.nn.Module)
-        if cache_objects:
-            try:
-                from transformers.cache_utils import DynamicCache
-            except ImportError:
-                DynamicCache = None
-            self._cache_class = DynamicCache
+        try:  # transformers >= 4.36 models take Cache objects; older ones (BigDL-LLM's 4.31) tuples
+            from transformers.cache_utils import DynamicCache
+        except ImportError:
+            DynamicCache = None
+        self._cache_class = DynamicCache
         import inspect
 
         try:

@@ -127,7 +127,8 @@ class SharedKVCacheModel:
         self.capacity = 0
         self.buffers: dict[str, np.ndarray] = {}
 
-    def _reserve(self, tokens: int) -> None:
+    def reserve(self, tokens: int) -> None:
+        """Room for rows of `tokens` tokens (keeping what the running rows cached)."""
         if tokens <= self.capacity:
             return
         if tokens > self.max_len:
@@ -161,7 +162,7 @@ class SharedKVCacheModel:
         first, width = len(self.lengths), max(len(p) for p in prompts)
         if first + len(prompts) > self.max_rows:
             raise ValueError(f"{first + len(prompts)} rows exceed the cache's {self.max_rows} slots")
-        self._reserve(width)
+        self.reserve(width)
         ids = np.full((len(prompts), width), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(prompts), width), dtype=np.int64)
         for i, prompt in enumerate(prompts):  # right-padded: each row's tokens start at slot position 0
@@ -175,7 +176,7 @@ class SharedKVCacheModel:
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
         lengths = np.array(self.lengths, dtype=np.int64)
         width = int(lengths.max()) + 1
-        self._reserve(width)
+        self.reserve(width)
         mask = (np.arange(width)[None, :] <= lengths[:, None]).astype(np.int64)
         logits = self._run(np.array(tokens, dtype=np.int64)[:, None], mask, lengths[:, None].copy(), 0)
         self.lengths = [n + 1 for n in self.lengths]
