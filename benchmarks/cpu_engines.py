@@ -175,13 +175,15 @@ def main() -> None:
     parser.add_argument("--extra-args", default="{}", help="JSON merged into both deployments' serve args")
     parser.add_argument("--weight-bytes", type=float, default=None, help="override weight bytes read per step")
     parser.add_argument("--skip-reference-8", action="store_true", help="skip 8 clients against batch size 1")
+    parser.add_argument("--model-size", default="100m", choices=["100m", "100m-gqa"],
+                        help="serving_app.tiny_llama size: multi-head (Llama 2) or grouped-query (Llama 3) attention")
     parser.add_argument("--onnx-quantization", default="avx2", help="serving_app.convert --quantization")
     parser.add_argument("--ray-env", default='{"RAY_worker_niceness": "0"}',
                         help="JSON env of the Ray head (default: workers at nice 0, see RESULTS.md issue 5)")
     parser.add_argument("--tag", default="")
     options = parser.parse_args()
 
-    base_model = ensure_model("100m")
+    base_model = ensure_model(options.model_size)
     counts = parameter_count(base_model)
     python = options.python if options.python.is_absolute() else REPO_ROOT / options.python
     model, artifact_dir = prepare(options.engine, python, base_model, options)

@@ -1,6 +1,6 @@
 """Generate a small random Llama and a trained tokenizer, for tests, local mode and benchmarks (no hub access).
 
-    python -m serving_app.tiny_llama OUT_DIR [--size tiny|100m] [--seed 0]
+    python -m serving_app.tiny_llama OUT_DIR [--size tiny|tiny-gqa|100m|100m-gqa] [--seed 0]
 
 Writes what a hub snapshot has: config.json, safetensors weights, tokenizer.json, tokenizer_config.json (with a
 chat template). The tokenizer is trained here by the installed `tokenizers`, so every environment (tokenizers
@@ -24,6 +24,12 @@ SIZES = {
                      num_key_value_heads=2, vocab_size=512),
     "100m": dict(
         hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, vocab_size=8192
+    ),
+    # The same width and depth shaped like Llama 3 (3 query heads per key/value head, as Llama-3.2-3B; MLP 3.3x
+    # wide): a third of 100m's KV cache per token, the share that real grouped-query models have.
+    "100m-gqa": dict(
+        hidden_size=768, intermediate_size=2560, num_hidden_layers=12, num_attention_heads=12,
+        num_key_value_heads=4, vocab_size=8192
     ),
 }
 
