@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 3's ONNX Runtime benchmark on the lent GPU machine's CPUs (16 cores): the engine keeps its num_cpus threads
 # while Ray, HAProxy and the load generator run on other cores, as on a real node (on the 2-vCPU dev VM they share
-# the engine's two cores). After install.sh, with the converted models carried as tar chunks in /tmp/xparts
-# (ONNX Runtime's wheel + benchmarks' converted artifacts and their tokenizers; see RESULTS.md "Issue 3 on 16 cores"):
+# the engine's two cores). Files: benchmarks/gpu/prepare.sh and prepare_cpu.sh here; there, one call per chunk
+# (/tmp/parts: prepare.sh's, /tmp/xparts: prepare_cpu.sh's, /tmp/whl: .gpu/whl), then install.sh, then:
 #   bash benchmarks/gpu/cpu_onnx.sh SIZE THREADS REPS [TAG_SUFFIX]     (SIZE: 100m or 100m-gqa)
-# Results go to $OUT when set (the device tool's folder), else benchmarks/results.
+# Results go to $OUT when set (the device tool's folder), else benchmarks/results. RESULTS.md "Issue 3 on 16 cores".
 set -euo pipefail
 size=$1 threads=$2 reps=$3 suffix=${4:-}
 root=$(pwd)
@@ -14,7 +14,8 @@ mkdir -p /tmp/x "$models"
 if [ ! -d /tmp/x/models ]; then
   cat /tmp/xparts/part_* | tar -C /tmp/x -xf -
   # ONNX Runtime as on the dev VM (the machine's own is older); /tmp/site comes first on PYTHONPATH.
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/x/ort/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /tmp/x/ort/*.whl \
+    /tmp/whl/*.whl
 fi
 artifact=llama-$size-onnx-int8-avx512_vnni
 [ -d "$models/$artifact" ] || cp -r "/tmp/x/models/$artifact" "$models/"
