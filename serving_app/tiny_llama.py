@@ -26,7 +26,7 @@ SIZES = {
         hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, vocab_size=8192
     ),
     # The same width and depth shaped like Llama 3 (3 query heads per key/value head, as Llama-3.2-3B; MLP 3.3x
-    # wide): a third of 100m's KV cache per token, the share that real grouped-query models have.
+    # wide): a third of 100m's KV cache per token. Real models' cache is smaller still against their weights.
     "100m-gqa": dict(
         hidden_size=768, intermediate_size=2560, num_hidden_layers=12, num_attention_heads=12,
         num_key_value_heads=4, vocab_size=8192
