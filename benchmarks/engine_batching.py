@@ -6,17 +6,17 @@
         --threads 1
 
 Runs the engine class the replica runs (its own loading, `BatchScheduler`, sampling and detokenization) on the same
-workload as `cpu_engines.py`: --concurrency streams of --input-len random prompt tokens and --output-len output
-tokens (ignore_eos, greedy), batch_size 8 against batch_size 1 ("the reference's way", one request at a time).
-What this leaves out is exactly what `cpu_engines.py` adds: the serving path (Ray, HAProxy, HTTP, the client),
-which on a machine with few cores takes CPU from the engine's threads. Writes benchmarks/results/engine-<engine><tag>.json.
+workload as `cpu_engines.py`: random prompts of --input-len tokens, --output-len output tokens (ignore_eos,
+greedy); batch_size --batch-size at 1 and at --batch-size concurrent streams, against batch_size 1 at one stream
+("the reference's way", one request at a time). What this leaves out is exactly what `cpu_engines.py` adds: the
+serving path (Ray, HAProxy, HTTP, the client), which on a machine with few cores takes CPU from the engine's
+threads. Writes benchmarks/results/engine-<engine><tag>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 import sys

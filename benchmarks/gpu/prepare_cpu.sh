@@ -11,10 +11,14 @@ set -euo pipefail
 models=${BENCH_WORK:-/tmp/serving-bench}/models
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-ort=$(.venv-onnx/bin/python -c "import onnxruntime; print(onnxruntime.__version__)")
+# The versions the onnx environment here has, so both machines run the same ones.
+pins=$(.venv-onnx/bin/python -c "import importlib.metadata as m
+print(*(f'{p}=={m.version(p)}' for p in ('onnxruntime', 'optimum', 'optimum-onnx')))")
+read -r ort optimum <<<"$pins"
 rm -rf .gpu/x .gpu/whl && mkdir -p .gpu/x/stage/ort .gpu/x/stage/models .gpu/whl
-python3 -m pip download -q --no-deps "${plat[@]}" -d .gpu/x/stage/ort "onnxruntime==$ort"
-python3 -m pip download -q --no-deps --only-binary=:all: -d .gpu/whl optimum==2.1.0 optimum-onnx==0.1.0
+python3 -m pip download -q --no-deps "${plat[@]}" -d .gpu/x/stage/ort "$ort"
+# shellcheck disable=SC2086  # optimum holds two requirements
+python3 -m pip download -q --no-deps --only-binary=:all: -d .gpu/whl $optimum
 for size in 100m 100m-gqa; do
   cp -r "$models/llama-$size-onnx-int8-avx512_vnni" .gpu/x/stage/models/
   mkdir -p ".gpu/x/stage/models/base-tokenizer-$size"

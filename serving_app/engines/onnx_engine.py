@@ -142,7 +142,8 @@ class SharedKVCacheModel:
             self.buffers[name] = grown
         self.capacity = capacity
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, first_slot: int) -> np.ndarray:
+    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, first_slot: int) -> torch.Tensor:
+        """One forward over rows first_slot.. (their slots bound in place): each row's last-position logits."""
         import onnxruntime
 
         binding = self.session.io_binding()
@@ -156,7 +157,8 @@ class SharedKVCacheModel:
                                 list(slots.shape), slots.ctypes.data)
         binding.bind_output("logits")
         self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[-1].numpy()
+        logits = binding.get_outputs()[-1].numpy()  # [rows, 1, vocab]: the graph keeps the last position only
+        return torch.from_numpy(np.ascontiguousarray(logits[:, -1], dtype=np.float32))
 
     def prefill(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         first, width = len(self.lengths), max(len(p) for p in prompts)
@@ -169,9 +171,9 @@ class SharedKVCacheModel:
             ids[i, :len(prompt)] = prompt
             mask[i, :len(prompt)] = 1
         positions = np.broadcast_to(np.arange(width, dtype=np.int64), ids.shape).copy()
-        logits = self._run(ids, mask, positions, first)  # [rows, 1, vocab]: each prompt's last token
+        logits = self._run(ids, mask, positions, first)
         self.lengths.extend(len(p) for p in prompts)
-        return torch.from_numpy(np.ascontiguousarray(logits[:, -1], dtype=np.float32))
+        return logits
 
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
         lengths = np.array(self.lengths, dtype=np.int64)
@@ -180,7 +182,7 @@ class SharedKVCacheModel:
         mask = (np.arange(width)[None, :] <= lengths[:, None]).astype(np.int64)
         logits = self._run(np.array(tokens, dtype=np.int64)[:, None], mask, lengths[:, None].copy(), 0)
         self.lengths = [n + 1 for n in self.lengths]
-        return torch.from_numpy(np.ascontiguousarray(logits[:, -1], dtype=np.float32))
+        return logits
 
     def keep(self, rows: Sequence[int]) -> None:
         for slot, row in enumerate(rows):  # ascending, so a source is never overwritten before it moves
