@@ -58,7 +58,7 @@ async def one_pass(engine, concurrency: int, options: argparse.Namespace, rng: r
 
 
 async def measure(options: argparse.Namespace, batch_size: int, concurrency: int) -> list[dict]:
-    from serving_app.engines import create_engine
+    from serving_app.engines.registry import create_engine
     from serving_app.serve_args import ServeArgs
 
     args = ServeArgs.model_validate({

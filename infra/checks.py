@@ -8,7 +8,8 @@ import shlex
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
-from serving_app.serve_args import EngineName, TargetDevice
+from serving_app.engines.registry import image_engine
+from serving_app.placement import replica_demand
 
 from .config import MODELS_MOUNT, REPO_ROOT, NodeGroup, StackConfig
 
@@ -19,15 +20,6 @@ RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 
 # ... whose replicas serve HTTP and gRPC themselves on ports from these ranges (direct ingress).
 DIRECT_INGRESS_PORTS = {"replica HTTP (direct ingress)": range(30000, 31000),
                         "replica gRPC (direct ingress)": range(40000, 41000)}
-
-# The engine each hardware's image carries (its Dockerfile; for images/cpu, its ENGINE build arg).
-IMAGE_ENGINE = {
-    TargetDevice.NVIDIA: EngineName.VLLM,
-    TargetDevice.AMD_GPU: EngineName.VLLM,
-    TargetDevice.INTEL: EngineName.BIGDL,
-    TargetDevice.AMD: EngineName.ONNXRUNTIME,
-}
-
 
 class StackCheckError(ValueError):
     """One or more preview-time checks failed; the message lists every problem."""
@@ -64,7 +56,7 @@ def check_placement(stack: StackConfig) -> list[str]:
     needed: dict[str, float] = {}
     for index, app in enumerate(stack.serve.applications):
         where = f"serve.applications[{index}] ({app.name})"
-        demand = app.args.replica_demand()
+        demand = replica_demand(app.args)
         for name, amount in demand.items():
             needed[name] = needed.get(name, 0.0) + amount * app.args.num_replicas
         fits = [(name, group) for name, group, count in groups if count and not shortfall(demand, group.ray_capacity())]
@@ -78,17 +70,17 @@ def check_placement(stack: StackConfig) -> list[str]:
             continue
         wrong = [(name, group) for name, group in fits if group.hardware != app.args.target_device]
         if wrong:
-            names = ", ".join(f"'{name}' ({group.hardware.value}, image engine {IMAGE_ENGINE[group.hardware].value})"
+            names = ", ".join(f"'{name}' ({group.hardware.value}, image engine {image_engine(group.hardware).value})"
                               for name, group in wrong)
             problems.append(
                 f"{where}: engine {app.args.engine.value} on {app.args.target_device.value} can land on {names}; "
                 f"give it a custom resource that only {app.args.target_device.value} groups offer "
                 f"(args.resources, e.g. {{{app.args.target_device.value.lower()}_cpu: 1}}) or fix target_device"
             )
-        elif IMAGE_ENGINE[app.args.target_device] != app.args.engine:
+        elif image_engine(app.args.target_device) != app.args.engine:
             problems.append(
                 f"{where}: engine {app.args.engine.value} is not in the {app.args.target_device.value} image "
-                f"(it carries {IMAGE_ENGINE[app.args.target_device].value})"
+                f"(it carries {image_engine(app.args.target_device).value})"
             )
     over = shortfall(needed, totals)
     if over:
@@ -102,7 +94,7 @@ def check_placement(stack: StackConfig) -> list[str]:
 def pack_warnings(stack: StackConfig) -> list[str]:
     """First-fit-decreasing over nodes: a hint (not an error) that the totals fit but the pieces may not."""
     nodes = [(name, dict(group.ray_capacity())) for name, group, count in stack.node_groups() for _ in range(count)]
-    replicas = [(app.name, app.args.replica_demand()) for app in stack.serve.applications
+    replicas = [(app.name, replica_demand(app.args)) for app in stack.serve.applications
                 for _ in range(app.args.num_replicas)]
     replicas.sort(key=lambda item: (item[1].get("GPU", 0), item[1].get("CPU", 0)), reverse=True)
     unplaced = []
@@ -284,10 +276,10 @@ def check_images(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
             if name not in declared:  # docker ignores it with a warning; most likely a typo
                 problems.append(f"{key}.buildArgs.{name}: {spec.dockerfile} declares no ARG {name}")
         engine = spec.build_args.get("ENGINE", defaults.get("ENGINE"))
-        if "ENGINE" in declared and engine is not None and engine != IMAGE_ENGINE[hardware].value:
+        if "ENGINE" in declared and engine is not None and engine != image_engine(hardware).value:
             # Apps are placed by hardware, so the hardware's image must carry the engine its apps run.
             problems.append(f"{key}.buildArgs.ENGINE: {engine}, but {hardware.value} images carry "
-                            f"{IMAGE_ENGINE[hardware].value}")
+                            f"{image_engine(hardware).value}")
         try:
             requirements = _copied_requirement_files(text, spec.docker_build_args(stack.ray_version,
                                                                                   stack.python_version))

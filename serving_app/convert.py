@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from . import artifacts
 from .onnx_attention import KV_CACHE_LAYOUT, AttentionRewriteError, rewrite_attention
-from .serve_args import QUANTIZATION_TARGETS
+from .engines.options import QUANTIZATION_TARGETS
 
 ONNX_KIND = "onnx"
 

@@ -17,8 +17,9 @@ from ray import serve
 from ray.serve import Application
 
 from .api import APIError, OpenAIAPI
-from .engines import create_engine
+from .engines.registry import create_engine
 from .engines.base import EngineDeadError
+from .placement import deployment_options
 from .serve_args import ServeArgs, parse_serve_args
 
 logger = logging.getLogger("ray.serve")
@@ -179,30 +180,6 @@ class LLMServer:
         engine = getattr(self, "engine", None)  # absent when __init__ failed
         if engine is not None:
             await engine.shutdown()
-
-
-def deployment_options(args: ServeArgs) -> dict[str, Any]:
-    """Replica count, concurrency and the resources each replica reserves, engine GPUs included."""
-    actor_options: dict[str, Any] = {"num_cpus": args.num_cpus}
-    if args.resources:
-        actor_options["resources"] = dict(args.resources)
-    options: dict[str, Any] = {
-        "num_replicas": args.num_replicas,
-        "max_ongoing_requests": args.max_ongoing_requests,
-        # Ongoing requests are what the engine batches; queueing beyond them waits in the proxy.
-        "max_queued_requests": -1,
-    }
-    if args.tensor_parallel_size > 1 and args.tensor_parallel_executor == "ray":
-        # vLLM's Ray workers take the GPU bundles; the replica itself only needs the first bundle's CPUs. One node:
-        # tensor parallelism across nodes is slower than across NVLink.
-        head_bundle = {"CPU": args.num_cpus, **args.resources}
-        options["placement_group_bundles"] = [head_bundle] + [{"GPU": 1.0}] * args.tensor_parallel_size
-        options["placement_group_strategy"] = "STRICT_PACK"
-    elif args.gpu_count:
-        # One GPU, or vLLM's "mp" backend: its worker processes are the replica's children and use its GPUs.
-        actor_options["num_gpus"] = args.gpu_count
-    options["ray_actor_options"] = actor_options
-    return options
 
 
 def typed_app_builder(raw_args: dict[str, Any]) -> Application:

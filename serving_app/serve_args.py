@@ -7,97 +7,17 @@ argument fails there instead of in a pod fifteen minutes later.
 from __future__ import annotations
 
 import re
-from enum import Enum
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from .engines.options import EngineOptions
+from .engines.registry import EngineName, default_engine, spec
+from .enums import DATA_TYPE_ALIASES, TARGET_ALIASES, DataType, TargetDevice
 
 
-class TargetDevice(str, Enum):
-    NVIDIA = "NVIDIA"  # CUDA GPUs, vLLM
-    AMD_GPU = "AMD_GPU"  # ROCm GPUs, vLLM-ROCm
-    INTEL = "INTEL"  # Xeon CPUs, BigDL-LLM
-    AMD = "AMD"  # EPYC CPUs, ONNX Runtime
-    CPU = "CPU"  # any x86 CPU, vLLM's CPU build (local mode, tests)
-
-    @property
-    def is_gpu(self) -> bool:
-        return self in (TargetDevice.NVIDIA, TargetDevice.AMD_GPU)
-
-
-class EngineName(str, Enum):
-    VLLM = "vllm"
-    BIGDL = "bigdl"
-    ONNXRUNTIME = "onnxruntime"
-
-
-class DataType(str, Enum):
-    AUTO = "auto"
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    BFLOAT16 = "bfloat16"
-    INT8 = "int8"
-    INT4 = "int4"
-
-
-DEFAULT_ENGINE = {
-    TargetDevice.NVIDIA: EngineName.VLLM,
-    TargetDevice.AMD_GPU: EngineName.VLLM,
-    TargetDevice.CPU: EngineName.VLLM,
-    TargetDevice.INTEL: EngineName.BIGDL,
-    TargetDevice.AMD: EngineName.ONNXRUNTIME,
-}
-
-# Where each engine can run; ONNX Runtime's CPU provider runs on any x86 CPU.
-ENGINE_TARGETS = {
-    EngineName.VLLM: {TargetDevice.NVIDIA, TargetDevice.AMD_GPU, TargetDevice.CPU},
-    EngineName.BIGDL: {TargetDevice.INTEL, TargetDevice.CPU},
-    EngineName.ONNXRUNTIME: {TargetDevice.AMD, TargetDevice.INTEL, TargetDevice.CPU},
-}
-
-# The first entry is the engine's default.
-ENGINE_DATA_TYPES = {
-    EngineName.VLLM: [DataType.AUTO, DataType.BFLOAT16, DataType.FLOAT16, DataType.FLOAT32],
-    EngineName.BIGDL: [DataType.INT8, DataType.INT4],
-    EngineName.ONNXRUNTIME: [DataType.INT8, DataType.FLOAT32],
-}
-
-# Spellings the reference scripts and common tools use.
-_DATA_TYPE_ALIASES = {
-    "bf16": "bfloat16",
-    "fp16": "float16",
-    "half": "float16",
-    "fp32": "float32",
-    "float": "float32",
-    "sym_int8": "int8",
-    "sym_int4": "int4",
-}
-_TARGET_ALIASES = {"GPU": "NVIDIA", "CUDA": "NVIDIA", "ROCM": "AMD_GPU", "AMDGPU": "AMD_GPU"}
-
-# ONNX int8 kernel targets (serving_app.convert --quantization). auto: the converting machine's best; a startup
-# conversion runs on the node that serves it.
-QUANTIZATION_TARGETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64")
-
-# The CPU engines' engine_kwargs, known here so a typo fails at `pulumi preview`. vLLM's are too many to mirror:
-# vLLM checks them when the replica starts.
-_BATCHING_ENGINE_KWARGS = {
-    "num_threads": "compute threads (default: the replica's num_cpus)",
-    "max_prefill_tokens": "padded tokens per prefill forward (default 4096)",
-}
-ENGINE_KWARGS: dict[EngineName, dict[str, str]] = {
-    EngineName.BIGDL: {
-        **_BATCHING_ENGINE_KWARGS,
-        "low_bit_cache_dir": "where converted models are cached (default: <model>/.bigdl-cache, else ~/.cache)",
-        "trust_remote_code": "run the model repository's own modelling code (default false)",
-    },
-    EngineName.ONNXRUNTIME: {
-        **_BATCHING_ENGINE_KWARGS,
-        "convert": "true: convert a Hugging Face model at startup instead of refusing it (default false)",
-        "onnx_cache_dir": "where startup conversions are cached (default: <model>/.onnx-cache, else ~/.cache)",
-        "quantization": "int8 kernel target of a startup conversion: auto (default: the node's CPU), avx2, avx512, "
-                        "avx512_vnni, arm64",
-    },
-}
+# Kept importable from here: most callers speak of serve arguments.
+__all__ = ["DataType", "EngineName", "ServeArgs", "TargetDevice", "describe_validation_error", "parse_serve_args"]
 
 # engine_kwargs keys that would silently fight a typed argument.
 _TYPED_ENGINE_KWARGS = {
@@ -162,31 +82,33 @@ class ServeArgs(BaseModel):
             data["max_ongoing_requests"] = data.pop("max_concurrent_queries")
         if isinstance(data.get("data_type"), str):
             lowered = data["data_type"].lower()
-            data["data_type"] = _DATA_TYPE_ALIASES.get(lowered, lowered)
+            data["data_type"] = DATA_TYPE_ALIASES.get(lowered, lowered)
         if isinstance(data.get("target_device"), str):
             upper = data["target_device"].upper()
-            data["target_device"] = _TARGET_ALIASES.get(upper, upper)
+            data["target_device"] = TARGET_ALIASES.get(upper, upper)
         if isinstance(data.get("engine"), str):
             data["engine"] = data["engine"].lower()
         return data
 
+    _options: Optional[EngineOptions] = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _resolve_defaults(self) -> "ServeArgs":
         if self.engine is None:
-            self.engine = DEFAULT_ENGINE[self.target_device]
-        if self.target_device not in ENGINE_TARGETS[self.engine]:
-            allowed = ", ".join(sorted(t.value for t in ENGINE_TARGETS[self.engine]))
+            self.engine = default_engine(self.target_device)
+        engine = spec(self.engine)
+        if self.target_device not in engine.targets:
+            allowed = ", ".join(sorted(t.value for t in engine.targets))
             raise ValueError(
                 f"engine: engine {self.engine.value!r} cannot run on target_device {self.target_device.value!r} "
                 f"(it runs on: {allowed})"
             )
-        allowed_types = ENGINE_DATA_TYPES[self.engine]
         if self.data_type is None:
-            self.data_type = allowed_types[0]
-        elif self.data_type not in allowed_types:
+            self.data_type = engine.data_types[0]
+        elif self.data_type not in engine.data_types:
             raise ValueError(
                 f"data_type: {self.data_type.value!r} is not supported by engine {self.engine.value!r} "
-                f"(supported: {', '.join(t.value for t in allowed_types)})"
+                f"(supported: {', '.join(t.value for t in engine.data_types)})"
             )
         if self.gpu_count is None:
             self.gpu_count = 1 if self.target_device.is_gpu else 0
@@ -199,15 +121,7 @@ class ServeArgs(BaseModel):
                 raise ValueError(f"engine_kwargs.{key}: set by the typed argument {_TYPED_ENGINE_KWARGS[key]!r}")
             if "token" in key.lower() and "tokenizer" not in key.lower() and not key.endswith("_tokens"):
                 raise ValueError(f"engine_kwargs.{key}: tokens must come from the HF_TOKEN environment variable")
-            known = ENGINE_KWARGS.get(self.engine)
-            if known is not None and key not in known:
-                described = "; ".join(f"{name}: {text}" for name, text in sorted(known.items()))
-                raise ValueError(f"engine_kwargs.{key}: not understood by the {self.engine.value} engine "
-                                 f"(it takes: {described})")
-        quantization = self.engine_kwargs.get("quantization")
-        if quantization is not None and quantization not in QUANTIZATION_TARGETS:
-            raise ValueError(f"engine_kwargs.quantization: {quantization!r} is not one of "
-                             f"{', '.join(QUANTIZATION_TARGETS)}")
+        self._options = _engine_options(engine.options, self.engine, self.engine_kwargs)
         for name, amount in self.resources.items():
             if name in ("CPU", "GPU", "memory"):
                 raise ValueError(f"resources.{name}: use num_cpus / gpu_count, not a custom resource")
@@ -218,21 +132,32 @@ class ServeArgs(BaseModel):
         return self
 
     @property
+    def options(self) -> EngineOptions:
+        """engine_kwargs as the engine's typed options model (registry entry `options`)."""
+        assert self._options is not None
+        return self._options
+
+    @property
     def tensor_parallel_size(self) -> int:
         return max(1, self.gpu_count or 0)
 
-    @property
-    def tensor_parallel_executor(self) -> str:
-        """vLLM's executor across GPUs: Ray workers in the replica's placement group unless engine_kwargs say "mp"."""
-        return str(self.engine_kwargs.get("distributed_executor_backend", "ray"))
 
-    def replica_demand(self) -> dict[str, float]:
-        """Ray resources one replica reserves (its engine's GPUs included)."""
-        demand: dict[str, float] = {"CPU": self.num_cpus}
-        if self.gpu_count:
-            demand["GPU"] = float(self.gpu_count)
-        demand.update(self.resources)
-        return demand
+def _engine_options(model: type[EngineOptions], engine: EngineName, kwargs: dict[str, Any]) -> EngineOptions:
+    try:
+        return model.model_validate(kwargs)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            fields = model.model_fields
+            described = "; ".join(f"{name}: {fields[name].description}" for name in sorted(fields))
+            message = f"not understood by the {engine.value} engine (it takes: {described})"
+        elif not where and ": " in message:
+            where, message = message.split(": ", 1)
+        if problem["type"] == "literal_error":
+            message = f"{problem['input']!r} is not one of {', '.join(problem['ctx']['expected'].replace(chr(39), '').split(' or '))}"
+        raise ValueError(f"engine_kwargs.{where}: {message}") from None
 
 
 # Model-level checks span fields, so pydantic gives them no location: they lead their message with the field.

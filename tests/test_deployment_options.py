@@ -1,13 +1,11 @@
-"""How a replica reserves what its engine uses (Ray resources), for each tensor-parallel mode. Main env only."""
+"""How a replica reserves what its engine uses (Ray resources), for each tensor-parallel mode (no Ray needed)."""
 
 from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("ray.serve")
-
-from serving_app.ingress import deployment_options  # noqa: E402
-from serving_app.serve_args import parse_serve_args  # noqa: E402
+from serving_app.placement import deployment_options
+from serving_app.serve_args import parse_serve_args
 
 GPU_STACK_ARGS = {"model_name": "/models/llama-2-70b", "data_type": "bfloat16", "gpu_count": 4, "num_replicas": 4,
                   "max_ongoing_requests": 256, "num_cpus": 20}

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from serving_app.placement import replica_demand
 from serving_app.serve_args import DataType, EngineName, ServeArgs, TargetDevice, parse_serve_args
 
 
@@ -17,7 +18,7 @@ def test_minimal_args_take_gpu_defaults():
     assert args.data_type is DataType.AUTO
     assert args.gpu_count == 1 and args.tensor_parallel_size == 1
     assert args.served_model_name == "meta-llama/Llama-2-7b-chat-hf"
-    assert args.replica_demand() == {"CPU": 1, "GPU": 1.0}
+    assert replica_demand(args) == {"CPU": 1, "GPU": 1.0}
 
 
 def test_reference_style_args_are_accepted():
@@ -46,7 +47,7 @@ def test_engine_and_precision_follow_the_target(target, expected_engine, data_ty
 
 def test_cpu_replica_demand_carries_custom_resources():
     args = ServeArgs(model_name="m", target_device="AMD", num_cpus=32, resources={"amd_cpu": 1}, num_replicas=2)
-    assert args.replica_demand() == {"CPU": 32, "amd_cpu": 1}
+    assert replica_demand(args) == {"CPU": 32, "amd_cpu": 1}
 
 
 def test_hf_token_is_refused_with_a_pointer_to_the_environment():

@@ -31,6 +31,7 @@ import torch
 
 from ..serve_args import ServeArgs
 from .base import Engine, EngineDeadError, EngineStats, GenerationChunk, GenerationRequest
+from .options import BatchingOptions
 
 logger = logging.getLogger("ray.serve")
 
@@ -557,8 +558,9 @@ class BatchingEngine(Engine):
     label = "cpu"
 
     def __init__(self, args: ServeArgs):
-        super().__init__(args)  # ServeArgs already refused engine_kwargs this engine does not take
-        self.num_threads = int(args.engine_kwargs.get("num_threads") or max(1, int(args.num_cpus)))
+        super().__init__(args)
+        self.options: BatchingOptions = args.options  # type: ignore[assignment]  # the registry's options model
+        self.num_threads = self.options.threads(args.num_cpus)
         self.batch_size = args.batch_size or DEFAULT_BATCH_SIZE
         self._scheduler: Optional[BatchScheduler] = None
         self._loaded: Optional[LoadedModel] = None
@@ -580,7 +582,7 @@ class BatchingEngine(Engine):
             eos_token_ids=loaded.eos_token_ids,
             batch_size=self.batch_size,
             batch_timeout=self.args.batch_timeout,
-            max_prefill_tokens=int(self.args.engine_kwargs.get("max_prefill_tokens", DEFAULT_MAX_PREFILL_TOKENS)),
+            max_prefill_tokens=self.options.max_prefill_tokens,
             name=self.label,
             num_threads=self.num_threads,
         )

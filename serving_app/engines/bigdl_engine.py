@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from .. import artifacts
 from ..serve_args import DataType, ServeArgs
+from .options import BigDLOptions
 from .batching import (BatchingEngine, HFCausalLM, LeftPaddedBatch, LoadedModel, eos_token_ids, pad_token_id,
                        resolve_max_model_len)
 
@@ -88,8 +89,7 @@ class BigDLEngine(BatchingEngine):
     label = "bigdl"
     def __init__(self, args: ServeArgs):
         super().__init__(args)
-        if args.data_type not in LOW_BIT:
-            raise ValueError(f"the bigdl engine serves data_type int8 or int4, not {args.data_type.value!r}")
+        self.options: BigDLOptions = args.options  # type: ignore[assignment]
         self.precision = LOW_BIT[args.data_type]
         self.cache_status = ""
         self.cache_path: Optional[Path] = None
@@ -97,10 +97,9 @@ class BigDLEngine(BatchingEngine):
     def load(self) -> LoadedModel:
         from transformers import AutoTokenizer
 
-        kwargs = self.args.engine_kwargs
-        trust = bool(kwargs.get("trust_remote_code", False))
+        trust = self.options.trust_remote_code
         model, self.cache_status, self.cache_path = load_low_bit_model(
-            self.args.model_name, self.precision, kwargs.get("low_bit_cache_dir"), trust
+            self.args.model_name, self.precision, self.options.low_bit_cache_dir, trust
         )
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(self.args.model_name, trust_remote_code=trust)

@@ -21,6 +21,7 @@ from ..convert import (ONNX_KIND, ConversionError, convert_command, convert_onnx
                        resolve_quantization)
 from ..onnx_attention import KV_CACHE_LAYOUT
 from ..serve_args import DataType, ServeArgs
+from .options import OnnxRuntimeOptions
 from .batching import BatchingEngine, LoadedModel, eos_token_ids, pad_token_id, resolve_max_model_len
 
 logger = logging.getLogger("ray.serve")
@@ -200,19 +201,17 @@ class OnnxRuntimeEngine(BatchingEngine):
     label = "onnxruntime"
     def __init__(self, args: ServeArgs):
         super().__init__(args)
-        if args.data_type not in (DataType.INT8, DataType.FLOAT32):
-            raise ValueError(f"the onnxruntime engine serves data_type int8 or float32, not {args.data_type.value!r}")
+        self.options: OnnxRuntimeOptions = args.options  # type: ignore[assignment]
         self.model_dir: Optional[Path] = None
 
     def load(self) -> LoadedModel:
         import onnxruntime
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-        kwargs = self.args.engine_kwargs
         directory, record = resolve_onnx_model(
             self.args.model_name, onnx_data_type(self.args.data_type == DataType.INT8),
-            convert=bool(kwargs.get("convert", False)), cache_dir=kwargs.get("onnx_cache_dir"),
-            quantization=str(kwargs.get("quantization", "auto")),
+            convert=self.options.convert, cache_dir=self.options.onnx_cache_dir,
+            quantization=self.options.quantization,
         )
         self.model_dir = directory
         options = onnxruntime.SessionOptions()

@@ -8,6 +8,7 @@ from typing import Any, AsyncIterator
 
 from .base import Engine, EngineDeadError, EngineStats, GenerationChunk, GenerationRequest
 from ..serve_args import DataType, ServeArgs
+from .options import VLLMOptions
 
 
 class VLLMEngine(Engine):
@@ -20,10 +21,12 @@ class VLLMEngine(Engine):
     def engine_args(self) -> Any:
         from vllm import AsyncEngineArgs
 
-        extra = dict(self.args.engine_kwargs)
+        options: VLLMOptions = self.args.options  # type: ignore[assignment]
+        extra = options.engine_arguments()
+        extra.pop("distributed_executor_backend", None)
         if self.args.tensor_parallel_size > 1:
             # Ray workers in the replica's placement-group bundles, or "mp" workers as the replica's children.
-            extra["distributed_executor_backend"] = self.args.tensor_parallel_executor
+            extra["distributed_executor_backend"] = options.distributed_executor_backend
         if self.args.batch_size is not None:
             extra["max_num_seqs"] = self.args.batch_size
         dtype = self.args.data_type.value if self.args.data_type else DataType.AUTO.value
@@ -33,7 +36,7 @@ class VLLMEngine(Engine):
             tensor_parallel_size=self.args.tensor_parallel_size,
             dtype=dtype,
             max_model_len=self.args.max_model_len,
-            disable_log_stats=extra.pop("disable_log_stats", True),
+            disable_log_stats=extra.pop("disable_log_stats", options.disable_log_stats),
             **extra,
         )
 

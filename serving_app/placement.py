@@ -1,0 +1,69 @@
+"""A replica's resource shape, decided once: what Serve reserves (`deployment_options`) and what the preview checks
+place (`replica_demand`) both come from `replica_shape`. Importable without Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .engines.options import VLLMOptions
+from .serve_args import ServeArgs
+
+
+@dataclass(frozen=True)
+class ReplicaShape:
+    actor_options: dict[str, Any]  # the replica actor's own reservation
+    bundles: Optional[list[dict[str, float]]] = None  # a placement group: the actor takes the first bundle
+    strategy: Optional[str] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def demand(self) -> dict[str, float]:
+        """Everything one replica reserves, summed (its engine's workers included)."""
+        if self.bundles is not None:
+            total: dict[str, float] = {}
+            for bundle in self.bundles:
+                for name, amount in bundle.items():
+                    total[name] = total.get(name, 0.0) + amount
+            return total
+        demand: dict[str, float] = {"CPU": self.actor_options["num_cpus"]}
+        if self.actor_options.get("num_gpus"):
+            demand["GPU"] = float(self.actor_options["num_gpus"])
+        demand.update(self.actor_options.get("resources", {}))
+        return demand
+
+
+def replica_shape(args: ServeArgs) -> ReplicaShape:
+    actor_options: dict[str, Any] = {"num_cpus": args.num_cpus}
+    if args.resources:
+        actor_options["resources"] = dict(args.resources)
+    options = args.options
+    if isinstance(options, VLLMOptions) and options.uses_ray_workers(args.tensor_parallel_size):
+        # vLLM's Ray workers take the GPU bundles; the replica itself only needs the first bundle's CPUs. One node:
+        # tensor parallelism across nodes is slower than across NVLink.
+        head_bundle = {"CPU": args.num_cpus, **args.resources}
+        return ReplicaShape(actor_options, [head_bundle] + [{"GPU": 1.0}] * args.tensor_parallel_size, "STRICT_PACK")
+    if args.gpu_count:
+        # One GPU, or vLLM's "mp" backend: its worker processes are the replica's children and use its GPUs.
+        actor_options["num_gpus"] = args.gpu_count
+    return ReplicaShape(actor_options)
+
+
+def replica_demand(args: ServeArgs) -> dict[str, float]:
+    """Ray resources one replica reserves (its engine's GPUs included)."""
+    return replica_shape(args).demand()
+
+
+def deployment_options(args: ServeArgs) -> dict[str, Any]:
+    """Serve's options for the deployment: replica count, concurrency and the shape above."""
+    shape = replica_shape(args)
+    options: dict[str, Any] = {
+        "num_replicas": args.num_replicas,
+        "max_ongoing_requests": args.max_ongoing_requests,
+        # Ongoing requests are what the engine batches; queueing beyond them waits in the proxy.
+        "max_queued_requests": -1,
+    }
+    if shape.bundles is not None:
+        options["placement_group_bundles"] = shape.bundles
+        options["placement_group_strategy"] = shape.strategy
+    options["ray_actor_options"] = shape.actor_options
+    return options
