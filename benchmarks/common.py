@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from infra.local_ray import descendants, free_port, pids_using  # noqa: F401 (free_port: used by the scripts)
+from devtools.local_ray import descendants, free_port, pids_using  # noqa: F401 (free_port: used by the scripts)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/serving-bench"))
@@ -45,7 +45,7 @@ def ensure_model(size: str, python: Path = REPO_ROOT / ".venv-bigdl" / "bin" / "
     if not (out / "config.json").exists():
         if not Path(python).exists():
             python = Path(sys.executable)
-        subprocess.run([str(python), "-m", "serving_app.tiny_llama", str(out), "--size", size], cwd=REPO_ROOT,
+        subprocess.run([str(python), "-m", "devtools.tiny_llama", str(out), "--size", size], cwd=REPO_ROOT,
                        check=True)
     return out
 

@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--weight-bytes", type=float, default=None, help="override weight bytes read per step")
     parser.add_argument("--skip-reference-8", action="store_true", help="skip 8 clients against batch size 1")
     parser.add_argument("--model-size", default="100m", choices=["100m", "100m-gqa"],
-                        help="serving_app.tiny_llama size: multi-head (Llama 2) or grouped-query (Llama 3) attention")
+                        help="devtools.tiny_llama size: multi-head (Llama 2) or grouped-query (Llama 3) attention")
     parser.add_argument("--onnx-quantization", default="avx2", help="serving_app.convert --quantization")
     parser.add_argument("--ray-env", default='{"RAY_worker_niceness": "0"}',
                         help="JSON env of the Ray head (default: workers at nice 0, see RESULTS.md issue 5)")

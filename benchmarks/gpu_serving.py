@@ -32,7 +32,7 @@ from benchmarks.common import (  # noqa: E402
     BareVLLM, Server, loadavg, machine_info, median, package_versions, pids_using, run_load, running,
 )
 from infra.config import load_stack  # noqa: E402
-from infra.local_ray import LocalRay  # noqa: E402
+from devtools.local_ray import LocalRay  # noqa: E402
 from infra.serve_config import serve_config  # noqa: E402
 from serving_app.serve_args import ServeArgs  # noqa: E402
 

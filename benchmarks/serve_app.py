@@ -4,7 +4,7 @@ engine environment works), until stdin closes:
     ENV/bin/python -m benchmarks.serve_app --args '{"model_name": ..., "target_device": "CPU", ...}' \
         --info-file /tmp/info.json [--route-prefix /bench] [--num-cpus 8]
 
-Starts a private Ray head (infra/local_ray.py LocalRay: every port explicit, its own temp dir; stopping it kills only
+Starts a private Ray head (devtools/local_ray.py LocalRay: every port explicit, its own temp dir; stopping it kills only
 its own processes), PUTs a Serve config with one application `serving_app:typed_app_builder` to the dashboard's
 REST API, waits for RUNNING, then writes {base_url, temp_dir, ...} to --info-file.
 """
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--deploy-timeout", type=float, default=900)
     options = parser.parse_args()
 
-    from infra.local_ray import LocalRay, application
+    from devtools.local_ray import LocalRay, application
 
     ray = LocalRay(num_cpus=options.num_cpus)
     try:

@@ -1,5 +1,5 @@
 """`python -m infra render --stack <gpu|cpu> --out <dir>`: the stack's Kubernetes manifests, offline.
-`python -m infra local ...`: local mode (infra/local.py)."""
+`python -m infra local ...`: an alias of `python -m devtools local ...` (local mode)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["local"]:
-        from .local import main as local_main
+    if argv[:1] == ["local"]:  # an alias: local mode is developer tooling and lives in devtools/
+        from devtools.__main__ import main as devtools_main
 
-        return local_main(argv[1:])
+        return devtools_main(argv)
     parser = argparse.ArgumentParser(prog="python -m infra")
     commands = parser.add_subparsers(dest="command", required=True)
     render = commands.add_parser("render", help="write the manifests a stack would apply (no cluster, no CLI)")

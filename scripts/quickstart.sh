@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Sets up the environments and serves the `cpu` stack on a local Ray with a generated model, then asks each
-# route for one completion. Stop it with: .venv/bin/python -m infra local down --stack cpu
+# route for one completion. Stop it with: .venv/bin/python -m devtools local down --stack cpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STACK=${STACK:-cpu}
 bash scripts/setup_envs.sh
 if [[ -f .cache/local/$STACK.json ]]; then
-  .venv/bin/python -m infra local down --stack "$STACK"
+  .venv/bin/python -m devtools local down --stack "$STACK"
 fi
-.venv/bin/python -m infra local up --stack "$STACK" "$@"
-.venv/bin/python -m infra local smoke --stack "$STACK"
+.venv/bin/python -m devtools local up --stack "$STACK" "$@"
+.venv/bin/python -m devtools local smoke --stack "$STACK"
 echo
-echo "Serving. Status: .venv/bin/python -m infra local status --stack $STACK   Stop: .venv/bin/python -m infra local down --stack $STACK"
+echo "Serving. Status: .venv/bin/python -m devtools local status --stack $STACK   Stop: .venv/bin/python -m devtools local down --stack $STACK"

@@ -29,7 +29,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random Llama + trained tokenizer written by this environment's own transformers/tokenizers."""
-    from serving_app.tiny_llama import generate
+    from devtools.tiny_llama import generate
 
     return generate(tmp_path_factory.mktemp("models") / "tiny-llama")
 

@@ -1,3 +1,3 @@
-"""The tests run the app the way users' clusters do; the machinery is the product's own (infra/local_ray.py)."""
+"""The tests run the app the way users' clusters do; the machinery is the product's own (devtools/local_ray.py)."""
 
-from infra.local_ray import LocalRay, pids_using, application, http_json, local_ray  # noqa: F401
+from devtools.local_ray import LocalRay, pids_using, application, http_json, local_ray  # noqa: F401

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from serving_app import artifacts  # noqa: E402
 from serving_app.engines.base import GenerationRequest, SamplingOptions  # noqa: E402
-from serving_app.engines.bigdl_engine import BigDLEngine, load_low_bit_model  # noqa: E402
+from serving_app.engines.bigdl.engine import BigDLEngine, load_low_bit_model  # noqa: E402
 from serving_app.serve_args import parse_serve_args  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_a_partial_or_corrupt_cache_is_detected_and_rebuilt(model_dir: Path, dam
 
 def test_a_changed_model_invalidates_its_cache(model_dir: Path, tmp_path: Path):
     load_low_bit_model(str(model_dir), "sym_int8")
-    from serving_app.tiny_llama import generate
+    from devtools.tiny_llama import generate
 
     retrained = generate(tmp_path / "retrained", seed=1)
     shutil.copyfile(retrained / "model.safetensors", model_dir / "model.safetensors")  # same size, new weights
@@ -109,7 +109,7 @@ def test_replicas_starting_together_share_one_intact_cache(model_dir: Path, tmp_
     script = (
         "import sys, time, pathlib, torch\n"
         "torch.set_num_threads(1)\n"
-        "from serving_app.engines.bigdl_engine import load_low_bit_model\n"
+        "from serving_app.engines.bigdl.engine import load_low_bit_model\n"
         "go = pathlib.Path(sys.argv[2])\n"
         "while not go.exists(): time.sleep(0.01)\n"
         "model, status, path = load_low_bit_model(sys.argv[1], 'sym_int8')\n"

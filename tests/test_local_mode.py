@@ -11,13 +11,13 @@ from pathlib import Path
 import openai
 
 from infra.config import load_stack
-from infra.local_ray import REPO_ROOT, LocalRay, free_port, http_json
+from devtools.local_ray import REPO_ROOT, LocalRay, free_port, http_json
 
 CPU_ENVS = [REPO_ROOT / ".venv-bigdl" / "bin" / "python", REPO_ROOT / ".venv-onnx" / "bin" / "python"]
 
 
 def _local(env: dict[str, str], *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "infra", "local", *args], cwd=REPO_ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "devtools", "local", *args], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=timeout)
     print(result.stdout[-4000:], result.stderr[-4000:])
     return result

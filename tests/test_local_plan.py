@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import infra.local as local
+import devtools.local_mode as local
 from infra.config import load_stack
 from infra.serve_config import serve_config
 from serving_app.serve_args import EngineName, TargetDevice

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.local_ray import LocalRay, http_json, local_ray
+from devtools.local_ray import LocalRay, http_json, local_ray
 
 
 @pytest.fixture

@@ -181,7 +181,7 @@ def test_float32_onnx_output_is_the_same_alone_and_batched(converted: dict[str, 
 def float32_pairs(tiny_model: Path, converted: dict[str, Path],
                   tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """(Hugging Face model, its float32 conversion): the tiny Llama, and one with grouped-query attention."""
-    from serving_app.tiny_llama import generate
+    from devtools.tiny_llama import generate
 
     root = tmp_path_factory.mktemp("gqa")
     grouped = generate(root / "tiny-gqa", "tiny-gqa")

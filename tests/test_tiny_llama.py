@@ -1,8 +1,8 @@
-"""The generated models' shapes (serving_app.tiny_llama.SIZES): what the engines and the issue 3 benchmark need."""
+"""The generated models' shapes (devtools.tiny_llama.SIZES): what the engines and the issue 3 benchmark need."""
 
 import pytest
 
-from serving_app.tiny_llama import SIZES, train_tokenizer
+from devtools.tiny_llama import SIZES, train_tokenizer
 
 
 def parameters(shape: dict, vocab: int) -> int:

@@ -22,7 +22,7 @@ artifact=llama-$size-onnx-int8-avx512_vnni
 if [ ! -f "$models/llama-$size/model.safetensors" ]; then
   # Same shapes and seed (the load generator reads its tokenizer, the report its parameter counts); the tokenizer is
   # the one the artifact was converted with, so prompts are tokenized alike on both sides.
-  python3 -m serving_app.tiny_llama "$models/llama-$size" --size "$size"
+  python3 -m devtools.tiny_llama "$models/llama-$size" --size "$size"
   cp /tmp/x/models/base-tokenizer-$size/* "$models/llama-$size/"
 fi
 # This machine's bandwidth for the report's limit column, kept outside the work tree (each device call re-sends the

@@ -1,6 +1,6 @@
 """Generate a small random Llama and a trained tokenizer, for tests, local mode and benchmarks (no hub access).
 
-    python -m serving_app.tiny_llama OUT_DIR [--size tiny|tiny-gqa|100m|100m-gqa] [--seed 0]
+    python -m devtools.tiny_llama OUT_DIR [--size tiny|tiny-gqa|100m|100m-gqa] [--seed 0]
 
 Writes what a hub snapshot has: config.json, safetensors weights, tokenizer.json, tokenizer_config.json (with a
 chat template). The tokenizer is trained here by the installed `tokenizers`, so every environment (tokenizers

@@ -1,6 +1,6 @@
 """A Ray head on this machine that takes Serve configs the way KubeRay does (the dashboard's REST API).
 
-Used by `python -m infra local` and by the tests. Needs no Ray import: it drives the `ray` CLI of an environment
+Used by local mode, the tests and the benchmarks. Needs no Ray import: it drives the `ray` CLI of an environment
 and talks HTTP, so the Pulumi side stays free of Ray.
 """
 
@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .manifests import RAY_SERVING_ENV
+from infra.manifests import RAY_SERVING_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

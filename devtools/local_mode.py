@@ -1,8 +1,8 @@
 """Local mode: serve a stack's applications on a Ray head on this machine, from the same serveConfigV2.
 
-    python -m infra local up --stack cpu [--model PATH_OR_HUB_ID] [--port N]
-    python -m infra local status --stack cpu
-    python -m infra local down --stack cpu
+    python -m devtools local up --stack cpu [--model PATH_OR_HUB_ID] [--port N]
+    python -m devtools local status --stack cpu
+    python -m devtools local down --stack cpu
 
 `up` renders the stack's serveConfigV2 with the code the RayService uses, then adapts only what a laptop-sized
 machine needs (one replica, one CPU each, no GPUs: vLLM's CPU build) and says each change. Every application runs
@@ -26,9 +26,10 @@ from typing import Any, Optional
 
 from serving_app.serve_args import EngineName, ServeArgs, TargetDevice
 
-from .config import MODELS_MOUNT, REPO_ROOT, StackConfigError, load_stack
+from infra.config import MODELS_MOUNT, REPO_ROOT, StackConfigError, load_stack
+from infra.serve_config import serve_config
+
 from .local_ray import LocalRay, http_json
-from .serve_config import serve_config
 
 # Each engine's environment: (setup_envs.sh target, venv directory). They mirror the serving images.
 ENGINE_ENVS = {
@@ -76,7 +77,7 @@ def tiny_model(engine: EngineName) -> Path:
     path = CACHE / "models" / f"tiny-llama-{ENGINE_ENVS[engine][0]}"
     if not (path / "config.json").exists():
         print(f"[local] generating a small random Llama into {path} (once)")
-        _run_in(engine, "-m", "serving_app.tiny_llama", str(path))
+        _run_in(engine, "-m", "devtools.tiny_llama", str(path))
     return path
 
 
@@ -314,7 +315,7 @@ def smoke(stack: str) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra local", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools local", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "status", "down", "smoke"])
     parser.add_argument("--stack", required=True, help="gpu or cpu (reads Pulumi.<stack>.yaml)")
     parser.add_argument("--model", help="path or hub id for every app (default: a generated random Llama)")
