@@ -17,6 +17,7 @@ from typing import Any, Optional
 import pulumi
 import yaml
 from pulumi.runtime import rpc
+from pulumi.runtime.stack import register_stack_transformation
 
 from .config import PROJECT, REPO_ROOT, SECRET_KEYS, read_stack_file, to_pulumi_config
 
@@ -35,6 +36,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
     """Resources as the program declares them; outputs echo inputs (plus what a provider would compute)."""
 
     resources: list[Recorded] = field(default_factory=list)
+    # (type, name) -> position in the program. Registration order races (inputs resolve on worker threads), so
+    # files numbered by it would change from run to run; declaration order is stable and is an apply order.
+    declared: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def declare(self, args: pulumi.ResourceTransformationArgs) -> None:
+        self.declared.setdefault((args.type_, args.name), len(self.declared))
+
+    def in_declaration_order(self) -> list[Recorded]:
+        return sorted(self.resources, key=lambda r: self.declared[(r.type, r.name)])
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
         self.resources.append(Recorded(args.typ, args.name, args.inputs))
@@ -53,11 +63,16 @@ def run_with_mocks(config: dict[str, str], secret_keys: list[str], mocks: pulumi
     """Run infra.program.main once under `mocks` (fresh runtime state and event loop)."""
     from .program import main
 
+    def program() -> Any:
+        if isinstance(mocks, RecordingMocks):
+            register_stack_transformation(mocks.declare)  # runs in each resource's constructor: program order
+        return main()
+
     asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.reset_options()
     pulumi.runtime.set_all_config(config, secret_keys)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
-    pulumi.runtime.test(main)()
+    pulumi.runtime.test(program)()
 
 
 def redact(value: Any) -> Any:
@@ -135,7 +150,7 @@ def render(stack: str, out: Path, root: Path = REPO_ROOT) -> list[Path]:
     run_with_mocks(config, [f"{PROJECT}:{key}" for key in SECRET_KEYS], mocks, stack)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for index, document in enumerate(manifests(mocks.resources)):
+    for index, document in enumerate(manifests(mocks.in_declaration_order())):
         slug = re.sub(r"[^a-z0-9.-]+", "-", f"{document['kind']}-{document['metadata']['name']}".lower())
         path = out / f"{index:02d}-{slug}.yaml"
         path.write_text(yaml.dump(document, Dumper=_Dumper, sort_keys=False))
