@@ -1,8 +1,9 @@
-"""The CPU engines' shared dynamic batching loop (serving_app/engines/batching.py), without Ray or an engine library.
+"""The CPU engines' shared dynamic batching loop (serving_app/engines/batching/), without Ray or an engine library.
 
 A scripted model checks the loop's bookkeeping exactly (finish reasons, stop strings, aborts, batch bounds); the
-generated tiny Llama, in float32 through transformers, checks that padding, masks and cache surgery leave every
-request's output unchanged by its neighbours.
+generated tiny Llama, in float32 through transformers, checks that the left-padded cache BigDL-LLM uses
+(serving_app/engines/bigdl/left_padded.py: padding, masks and cache surgery) leaves every request's output
+unchanged by its neighbours.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from serving_app.engines.base import EngineDeadError, GenerationRequest, SamplingOptions  # noqa: E402
-from serving_app.engines.batching import BatchScheduler, HFCausalLM, LeftPaddedBatch  # noqa: E402
+from serving_app.engines.batching.scheduler import BatchScheduler  # noqa: E402
+from serving_app.engines.bigdl.left_padded import HFCausalLM, LeftPaddedBatch  # noqa: E402
+from serving_app.engines.options import BatchingOptions  # noqa: E402
 
 MAX_LEN = 2048
+PREFILL_TOKENS = BatchingOptions().max_prefill_tokens  # the engines' default
 
 
 def request(rid: str, prompt: list[int], max_tokens: int, **options: Any) -> GenerationRequest:
@@ -83,7 +87,8 @@ class DigitTokenizer:
 
 def scripted(vocab: int = 40, slow: float = 0.0, **kwargs: Any) -> tuple[BatchScheduler, ScriptedModel]:
     model = ScriptedModel(vocab, slow)
-    options = dict(max_model_len=MAX_LEN, eos_token_ids=[0], batch_size=8, batch_timeout=0.0)
+    options = dict(max_model_len=MAX_LEN, eos_token_ids=[0], batch_size=8, batch_timeout=0.0,
+                   max_prefill_tokens=PREFILL_TOKENS)
     options.update(kwargs)
     scheduler = BatchScheduler(LeftPaddedBatch(model), DigitTokenizer(), **options)
     scheduler.start()
@@ -117,6 +122,20 @@ def test_each_request_keeps_its_own_max_tokens_stop_and_eos():
     # The eos token is generated (and counted) but has no text.
     assert (text_ign, last_ign.finish_reason, last_ign.num_generated_tokens) == ("klmnbcd", "length", 8)
     assert model.prefills == [4], "the four requests should have been prefilled together"
+
+
+def test_a_burst_beyond_max_prefill_tokens_is_prefilled_in_groups_shortest_first():
+    scheduler, model = scripted(batch_timeout=0.2, max_prefill_tokens=8)
+
+    async def scenario():
+        return await asyncio.gather(*(collect(scheduler, request(f"r{i}", prompt, 3)) for i, prompt in
+                                      enumerate([[1, 2, 3, 4], [1], [5, 6, 7, 8], [2]])))
+
+    results = run(scenario())
+    scheduler.shutdown()
+    # Lengths 1, 1 (2 padded tokens), then 4, 4 (8): a group of three would pad to 12 > 8.
+    assert model.prefills == [2, 2]
+    assert [text for text, _, _ in results] == ["fgh", "cde", "jkl", "def"]
 
 
 def test_a_stop_sequence_split_across_tokens_is_never_streamed():
@@ -248,7 +267,7 @@ def test_a_dead_batching_thread_fails_health_and_waiting_requests():
             return super().decode(ids, skip_special_tokens)
 
     scheduler = BatchScheduler(LeftPaddedBatch(ScriptedModel(40)), BrokenTokenizer(), max_model_len=MAX_LEN,
-                               eos_token_ids=[0], batch_size=4, batch_timeout=0)
+                               eos_token_ids=[0], batch_size=4, batch_timeout=0, max_prefill_tokens=PREFILL_TOKENS)
     scheduler.start()
     with pytest.raises(EngineDeadError):
         run(collect(scheduler, request("r", [1], 10)))
@@ -306,7 +325,7 @@ def llama(tiny_model: Path):
 def llama_scheduler(llama, **kwargs: Any) -> BatchScheduler:
     model, tokenizer = llama
     options = dict(max_model_len=MAX_LEN, eos_token_ids=[tokenizer.eos_token_id], batch_size=8, batch_timeout=0.5,
-                   num_threads=1)
+                   max_prefill_tokens=PREFILL_TOKENS, num_threads=1)
     options.update(kwargs)
     scheduler = BatchScheduler(LeftPaddedBatch(model, tokenizer.pad_token_id), tokenizer, **options)
     scheduler.start()

@@ -22,7 +22,7 @@ from ..convert import (ONNX_KIND, ConversionError, convert_command, convert_onnx
 from ..onnx_attention import KV_CACHE_LAYOUT
 from ..serve_args import DataType, ServeArgs
 from .options import OnnxRuntimeOptions
-from .batching import BatchingEngine, LoadedModel, eos_token_ids, pad_token_id, resolve_max_model_len
+from .batching.engine import BatchingEngine, LoadedModel, eos_token_ids, pad_token_id, resolve_max_model_len
 
 logger = logging.getLogger("ray.serve")
 

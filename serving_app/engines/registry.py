@@ -85,7 +85,7 @@ REGISTRY: dict[EngineName, EngineSpec] = {
         default_on=frozenset({TargetDevice.INTEL}),
         data_types=(DataType.INT8, DataType.INT4),
         options=BigDLOptions,
-        engine_class="serving_app.engines.bigdl_engine:BigDLEngine",
+        engine_class="serving_app.engines.bigdl.engine:BigDLEngine",
         probe_module="bigdl.llm",
         # BigDL-LLM pins transformers 4.31 / tokenizers 0.13: it cannot share an environment.
         environment=Environment("bigdl", ".venv-bigdl", ("requirements/bigdl.txt",)),

@@ -1,4 +1,5 @@
-"""Intel Xeon engine: BigDL-LLM low-bit (int8, int4) models, batched by `batching.BatchScheduler`.
+"""Intel Xeon engine: BigDL-LLM low-bit (int8, int4) models, batched by `batching.scheduler.BatchScheduler` over
+the left-padded cache of `left_padded.LeftPaddedBatch`.
 
 The first start quantizes the model (`load_in_low_bit`) and caches the result beside it, keyed by model and
 precision (`serving_app.artifacts`: staged, sealed, renamed into place, so replicas starting together cannot
@@ -13,11 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from .. import artifacts
-from ..serve_args import DataType, ServeArgs
-from .options import BigDLOptions
-from .batching import (BatchingEngine, HFCausalLM, LeftPaddedBatch, LoadedModel, eos_token_ids, pad_token_id,
-                       resolve_max_model_len)
+from ... import artifacts
+from ...serve_args import DataType, ServeArgs
+from ..batching.engine import BatchingEngine, LoadedModel, eos_token_ids, pad_token_id, resolve_max_model_len
+from ..options import BigDLOptions
+from .left_padded import HFCausalLM, LeftPaddedBatch
 
 logger = logging.getLogger("ray.serve")
 
@@ -87,6 +88,7 @@ def load_low_bit_model(model_name: str, precision: str, cache_dir: Optional[str]
 
 class BigDLEngine(BatchingEngine):
     label = "bigdl"
+
     def __init__(self, args: ServeArgs):
         super().__init__(args)
         self.options: BigDLOptions = args.options  # type: ignore[assignment]
