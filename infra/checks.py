@@ -3,23 +3,16 @@ here with the app, the demand and the node group named, instead of as a pod pend
 
 from __future__ import annotations
 
-import re
-import shlex
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Iterable
 
 from serving_app.engines.registry import image_engine
 from serving_app.placement import replica_demand
 
 from .config import MODELS_MOUNT, REPO_ROOT, NodeGroup, StackConfig
+from .dockerfile import UnresolvedArg, arg_defaults, copied_requirement_files, dockerfile_args, ray_pins
+from .manifests import DIRECT_INGRESS_PORTS, RAY_PORTS
 
-# Ports Ray itself binds on every pod (GCS, dashboard, client, metrics, dashboard agent used by KubeRay's probes).
-RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "dashboard-agent": 52365,
-             # Serve's HAProxy ingress (manifests.RAY_SERVING_ENV)
-             "HAProxy stats": 8404, "HAProxy metrics": 9101}
-# ... whose replicas serve HTTP and gRPC themselves on ports from these ranges (direct ingress).
-DIRECT_INGRESS_PORTS = {"replica HTTP (direct ingress)": range(30000, 31000),
-                        "replica gRPC (direct ingress)": range(40000, 41000)}
 
 class StackCheckError(ValueError):
     """One or more preview-time checks failed; the message lists every problem."""
@@ -151,100 +144,6 @@ def check_rendered_ports(stack: StackConfig, spec: dict, serve: dict) -> list[st
     return problems
 
 
-def _arg_defaults(dockerfile: str) -> dict[str, str]:
-    return dict(re.findall(r"^\s*ARG\s+([A-Z_]+)=(\S+)", dockerfile, flags=re.MULTILINE))
-
-
-class UnresolvedArg(ValueError):
-    """A `$NAME` in a Dockerfile that the build would expand to an empty string, building something else."""
-
-    def __init__(self, name: str, declared: bool, text: str):
-        self.name, self.text = name, text
-        why = "has no default: set it in buildArgs" if declared else "is not an ARG of the Dockerfile"
-        super().__init__(f"`{text}`: ${name} {why}")
-
-
-# $NAME, ${NAME}, ${NAME:-word}, ${NAME:+word}: the forms Dockerfile instructions expand.
-_REFERENCE = re.compile(r"\$(?:\{([A-Za-z_]\w*)(?::([-+])([^}]*))?\}|([A-Za-z_]\w*))")
-
-
-def _substitute(text: str, scope: Mapping[str, Optional[str]]) -> str:
-    """Expand references; scope maps each declared name to its value, None where declared without one."""
-    def expand(match: re.Match) -> str:
-        name = match.group(1) or match.group(4)
-        value = scope.get(name)
-        if match.group(2) == "-":
-            return value if value else _substitute(match.group(3), scope)
-        if match.group(2) == "+":
-            return _substitute(match.group(3), scope) if value else ""
-        if value is None:
-            raise UnresolvedArg(name, name in scope, text)
-        return value
-
-    return _REFERENCE.sub(expand, text)
-
-
-def _instructions(dockerfile: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) per logical line: continuations joined, comment lines dropped."""
-    result, pending = [], ""
-    for line in dockerfile.splitlines():
-        if line.lstrip().startswith("#"):
-            continue
-        if line.rstrip().endswith("\\"):
-            pending += line.rstrip()[:-1] + " "
-            continue
-        logical, pending = (pending + line).strip(), ""
-        if logical:
-            instruction, _, rest = logical.partition(" ")
-            result.append((instruction.upper(), rest.strip()))
-    return result
-
-
-def dockerfile_args(dockerfile: str) -> set[str]:
-    """Every ARG name the Dockerfile declares (a build arg it does not declare is ignored by docker)."""
-    return {token.split("=", 1)[0] for instruction, rest in _instructions(dockerfile) if instruction == "ARG"
-            for token in shlex.split(rest)}
-
-
-def _copied_requirement_files(dockerfile: str, build_args: Optional[Mapping[str, str]] = None) -> list[str]:
-    """The requirements files COPY takes from the build context, `$ARG`s resolved as `docker build` would: ARG
-    defaults overridden by build_args, scoped per stage (an ARG before FROM only reaches a stage that redeclares it).
-    Raises UnresolvedArg for a reference that would expand to nothing."""
-    build_args = build_args or {}
-    global_scope: dict[str, Optional[str]] = {}
-    scope: Optional[dict[str, Optional[str]]] = None  # None until the first FROM
-    files = []
-    for instruction, rest in _instructions(dockerfile):
-        if instruction == "FROM":
-            scope = {}
-        elif instruction == "ARG":
-            target = global_scope if scope is None else scope
-            for token in shlex.split(rest):
-                name, has_default, default = token.partition("=")
-                if name in build_args:
-                    target[name] = build_args[name]
-                elif has_default:
-                    target[name] = _substitute(default, target)
-                else:
-                    target[name] = global_scope.get(name) if scope is not None else None
-        elif instruction == "ENV" and scope is not None and rest:
-            tokens = shlex.split(rest)  # ENV K=V [K=V ...], or the legacy ENV K V
-            pairs = [t.partition("=")[::2] for t in tokens] if "=" in tokens[0] else [(tokens[0], " ".join(tokens[1:]))]
-            for name, value in pairs:
-                scope[name] = _substitute(value, scope)
-        elif instruction == "COPY" and scope is not None:
-            parts = rest.split()
-            if any(p.startswith("--from") for p in parts):  # from another stage or image, not the context
-                continue
-            sources = [p for p in parts if not p.startswith("--")][:-1]
-            files += [path for path in (_substitute(p, scope) for p in sources) if path.endswith(".txt")]
-    return files
-
-
-def _ray_pins(text: str) -> list[str]:
-    return re.findall(r"^\s*ray(?:\[[^\]]*\])?==([0-9.]+)", text, flags=re.MULTILINE)
-
-
 def check_images(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
     """Every deployed group has an image; every image carries the cluster's Ray and Python."""
     problems = []
@@ -267,7 +166,7 @@ def check_images(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
             problems.append(f"{key}.dockerfile: {spec.dockerfile} does not exist")
             continue
         text = path.read_text()
-        defaults = _arg_defaults(text)
+        defaults = arg_defaults(text)
         for arg, want in (("RAY_VERSION", stack.ray_version), ("PYTHON_VERSION", stack.python_version)):
             if defaults.get(arg) != want:
                 problems.append(f"{key}: {spec.dockerfile} has ARG {arg}={defaults.get(arg)}, the cluster needs {want}")
@@ -281,7 +180,7 @@ def check_images(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
             problems.append(f"{key}.buildArgs.ENGINE: {engine}, but {hardware.value} images carry "
                             f"{image_engine(hardware).value}")
         try:
-            requirements = _copied_requirement_files(text, spec.docker_build_args(stack.ray_version,
+            requirements = copied_requirement_files(text, spec.docker_build_args(stack.ray_version,
                                                                                   stack.python_version))
         except UnresolvedArg as error:
             problems.append(f"{key}.buildArgs: {spec.dockerfile} copies {error}")
@@ -293,7 +192,7 @@ def check_images(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
                 given = f" (buildArgs {spec.build_args})" if spec.build_args else ""
                 problems.append(f"{key}: {spec.dockerfile} copies {requirement}{given}, which does not exist")
                 continue
-            pins += [(requirement, pin) for pin in _ray_pins(req_path.read_text())]
+            pins += [(requirement, pin) for pin in ray_pins(req_path.read_text())]
         if not pins:
             problems.append(f"{key}: {spec.dockerfile} installs no pinned ray (ray[serve]==X in a requirements file)")
         for requirement, pin in pins:

@@ -11,12 +11,10 @@ from typing import Any, Mapping, Optional
 
 from serving_app.serve_args import TargetDevice
 
-from .checks import RAY_PORTS
 from .config import MODELS_MOUNT, NodeGroup, StackConfig
 
 HF_TOKEN_KEY = "HF_TOKEN"
 RAY_UID = 1000  # the `ray` user of images/*/Dockerfile
-
 
 def labels(stack: StackConfig, component: str) -> dict[str, str]:
     return {
@@ -57,6 +55,15 @@ def _ray_start_params(group: NodeGroup, head: bool) -> dict[str, str]:
 # extra thread hop. On 4x H200 the Python proxy alone capped a 7B replica at 0.93x bare vLLM's throughput with
 # +0.5 s TTFT at 256 streams (benchmarks/RESULTS.md, issue 6).
 RAY_SERVING_ENV = {"RAY_worker_niceness": "0", "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+# Ports Ray itself binds on every pod (GCS, dashboard, client, metrics, dashboard agent used by KubeRay's probes);
+# the serve port must be none of them.
+RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "dashboard-agent": 52365,
+             # Serve's HAProxy ingress (RAY_SERVING_ENV)
+             "HAProxy stats": 8404, "HAProxy metrics": 9101}
+# With direct ingress the replicas serve HTTP and gRPC themselves on ports from these ranges.
+DIRECT_INGRESS_PORTS = {"replica HTTP (direct ingress)": range(30000, 31000),
+                        "replica gRPC (direct ingress)": range(40000, 41000)}
 
 
 def _container_ports(stack: StackConfig, head: bool) -> list[dict[str, Any]]:

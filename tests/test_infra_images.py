@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.checks import UnresolvedArg, _arg_defaults, _copied_requirement_files, _ray_pins, dockerfile_args
+from infra.dockerfile import UnresolvedArg, arg_defaults, copied_requirement_files, dockerfile_args, ray_pins
 from infra.config import CLUSTER_HARDWARE, REPO_ROOT, load_stack
 from tests.infra_helpers import STACKS
 
@@ -49,7 +49,7 @@ def test_hadolint_clean(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_pinned_non_root_and_self_checking(dockerfile):
     text = dockerfile.read_text()
-    defaults = _arg_defaults(text)
+    defaults = arg_defaults(text)
     base = re.search(r"^FROM\s+(\S+)", text, flags=re.MULTILINE).group(1)
     base = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], base)
     assert re.search(r":[\w.-]*\d", base) and not base.endswith(":latest"), f"unpinned base {base}"
@@ -67,11 +67,11 @@ def test_pinned_non_root_and_self_checking(dockerfile):
 def test_images_install_the_projects_pins(stack, hardware, spec):
     text = (REPO_ROOT / spec.dockerfile).read_text()
     assert set(spec.build_args) <= dockerfile_args(text)
-    requirements = _copied_requirement_files(text, spec.docker_build_args("2.60.0", "3.11"))
+    requirements = copied_requirement_files(text, spec.docker_build_args("2.60.0", "3.11"))
     assert requirements, "installs from a pinned requirements file"
     for requirement in requirements:
         content = (REPO_ROOT / requirement).read_text()
-        assert _ray_pins(content) == [_arg_defaults(text)["RAY_VERSION"]]
+        assert ray_pins(content) == [arg_defaults(text)["RAY_VERSION"]]
         if "torch==" in text:  # CPU images install torch's CPU build first: same version as the file pins
             assert f"torch=={_pin(content, 'torch')}+cpu" in text
 
@@ -90,50 +90,8 @@ def test_cpu_images_differ_only_by_engine():
     assert {h.value: s.build_args for h, s in cpu.items()} == {"INTEL": {"ENGINE": "bigdl"},
                                                                "AMD": {"ENGINE": "onnxruntime"}}
     text = (REPO_ROOT / "images/cpu/Dockerfile").read_text()
-    assert [_copied_requirement_files(text, spec.build_args) for spec in cpu.values()] == [
+    assert [copied_requirement_files(text, spec.build_args) for spec in cpu.values()] == [
         ["requirements/bigdl.txt"], ["requirements/onnxruntime.txt"]]
     # No default engine: a build without the stack's buildArgs fails instead of carrying the wrong engine.
     with pytest.raises(UnresolvedArg, match=r"\$ENGINE has no default"):
-        _copied_requirement_files(text)
-
-
-# ---- $ARG resolution, as `docker build` expands COPY sources ----------------------------------------------------
-
-RESOLVE = """\
-ARG BASE=python:3.11
-ARG GLOBAL=from-global
-FROM ${BASE}
-ARG GLOBAL
-ARG ENGINE=bigdl
-ARG DIR=requirements
-# a comment ${NOT_AN_ARG}
-ENV SUFFIX=.txt
-COPY --chown=ray:ray $DIR/${ENGINE}${SUFFIX} \\
-     ${DIR}/${GLOBAL}.txt /tmp/
-COPY ${DIR}/${OPTIONAL:-fallback}.txt ${DIR}/x${ENGINE:+-$ENGINE}.txt /tmp/
-COPY --from=builder /${UNDECLARED}.txt /tmp/
-"""
-
-
-def test_args_resolve_from_defaults_then_build_args():
-    assert _copied_requirement_files(RESOLVE) == [
-        "requirements/bigdl.txt", "requirements/from-global.txt", "requirements/fallback.txt",
-        "requirements/x-bigdl.txt"]
-    # A build arg reaches only a declared ARG: OPTIONAL has none, so its fallback stays.
-    overridden = _copied_requirement_files(RESOLVE, {"ENGINE": "onnxruntime", "GLOBAL": "g", "OPTIONAL": "o"})
-    assert overridden == ["requirements/onnxruntime.txt", "requirements/g.txt", "requirements/fallback.txt",
-                          "requirements/x-onnxruntime.txt"]
-    assert dockerfile_args(RESOLVE) == {"BASE", "GLOBAL", "ENGINE", "DIR"}
-
-
-def test_unresolvable_references_are_errors():
-    # A global ARG reaches a stage only when redeclared there; an undeclared name expands to nothing.
-    not_redeclared = RESOLVE.replace("ARG GLOBAL\n", "")
-    with pytest.raises(UnresolvedArg) as error:
-        _copied_requirement_files(not_redeclared)
-    assert (error.value.name, str(error.value)) == (
-        "GLOBAL", "`${DIR}/${GLOBAL}.txt`: $GLOBAL is not an ARG of the Dockerfile")
-    with pytest.raises(UnresolvedArg, match=r"\$GLOBAL has no default"):
-        _copied_requirement_files(RESOLVE.replace("ARG GLOBAL=from-global", "ARG GLOBAL"))
-    assert _copied_requirement_files(RESOLVE.replace("ARG GLOBAL=from-global", "ARG GLOBAL"), {"GLOBAL": "set"})[1] \
-        == "requirements/set.txt"
+        copied_requirement_files(text)
