@@ -1,6 +1,12 @@
-"""HTTP request and response bodies: the OpenAI API subset we serve, and the reference's legacy contract.
+"""HTTP request and response bodies: the OpenAI API subset we serve, and the legacy chatbot API.
+
+The legacy chatbot API is the body an existing chatbot client posts to the route prefix itself:
+`{"prompt", "stream", "max_tokens", "temperature", ...}` answered by `{"text": [...]}`, or JSON lines
+`{"text": "<delta>"}` when streaming.
 
 Request models forbid unknown fields so a misspelt parameter is a 400 naming it, not a silently ignored knob.
+Response models are named as in vLLM's OpenAI protocol; a stream builds one per token, so the stream's models are
+made with `model_construct` (their values come from the engine, not the client) and dumped straight to JSON.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 MAX_STOP_SEQUENCES = 4
 
@@ -65,6 +71,9 @@ class _SamplingFields(_Request):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream=true")
         return self
+
+    def wants_usage_chunk(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
 
 class CompletionRequest(_SamplingFields):
@@ -124,12 +133,12 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class LegacyRequest(_Request):
-    """The reference chatbot's body: `{"prompt", "stream", "max_tokens", "temperature", ...}`."""
+    """A request of the legacy chatbot API."""
 
     prompt: Union[str, list[str]]
     stream: bool = False
     max_tokens: Optional[int] = Field(default=None, ge=1)
-    max_new_tokens: Optional[int] = Field(default=None, ge=1)  # the reference's spelling
+    max_new_tokens: Optional[int] = Field(default=None, ge=1)  # the legacy chatbot API's other spelling
     temperature: Optional[float] = Field(default=None, ge=0, le=2)
     top_p: Optional[float] = Field(default=None, gt=0, le=1)
     stop: Optional[Union[str, list[str]]] = None
@@ -151,9 +160,9 @@ class LegacyRequest(_Request):
 
     def stops(self) -> Optional[list[str]]:
         return [self.stop] if isinstance(self.stop, str) else self.stop
-
-
 # ---- responses -------------------------------------------------------------------------------------------
+
+FinishReason = Literal["stop", "length"]
 
 
 def new_id(prefix: str) -> str:
@@ -164,13 +173,119 @@ def now() -> int:
     return int(time.time())
 
 
-class Usage(BaseModel):
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UsageInfo(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> "UsageInfo":
+        return cls.model_construct(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                   total_tokens=prompt_tokens + completion_tokens)
 
-class ModelCard(BaseModel):
+
+class CompletionResponseChoice(_Response):
+    """One choice of a completion, whole or streamed (OpenAI gives both the same keys)."""
+
+    index: int = 0
+    text: str
+    logprobs: None = None  # always null: logprobs are refused at the request
+    finish_reason: Optional[FinishReason] = None
+
+    @classmethod
+    def of(cls, text: str, finish_reason: Optional[str]) -> "CompletionResponseChoice":
+        return cls.model_construct(text=text, finish_reason=finish_reason)
+
+
+class ChatResponseMessage(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatCompletionResponseChoice(_Response):
+    index: int = 0
+    message: ChatResponseMessage
+    logprobs: None = None
+    finish_reason: Optional[FinishReason] = None
+
+    @classmethod
+    def of(cls, text: str, finish_reason: Optional[str]) -> "ChatCompletionResponseChoice":
+        return cls.model_construct(message=ChatResponseMessage.model_construct(content=text),
+                                   finish_reason=finish_reason)
+
+
+class DeltaMessage(_Response):
+    """What a chat stream chunk adds; a key is absent, not null, when it adds nothing to it."""
+
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+    @model_serializer(mode="wrap")
+    def _absent_when_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class ChatCompletionResponseStreamChoice(_Response):
+    index: int = 0
+    delta: DeltaMessage
+    finish_reason: Optional[FinishReason] = None
+
+    @classmethod
+    def of(cls, text: str, finish_reason: Optional[str]) -> "ChatCompletionResponseStreamChoice":
+        return cls.model_construct(delta=DeltaMessage.model_construct(content=text or None),
+                                   finish_reason=finish_reason)
+
+
+class _CompletionBody(_Response):
+    """The keys every completion body has; subclasses narrow `object` and `choices` (keeping the key order)."""
+
+    id: str
+    object: str
+    created: int = Field(default_factory=now)
+    model: str
+    choices: list[Any]
+
+
+class CompletionResponse(_CompletionBody):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionResponseChoice]
+    usage: UsageInfo
+
+
+class ChatCompletionResponse(_CompletionBody):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatCompletionResponseChoice]
+    usage: UsageInfo
+
+
+class _StreamChunk(_CompletionBody):
+    """One server-sent event's body. Only the last chunk, with no choices, has `usage` (include_usage)."""
+
+    usage: Optional[UsageInfo] = None
+
+    @model_serializer(mode="wrap")
+    def _usage_only_when_counted(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("usage") is None:
+            data.pop("usage", None)
+        return data
+
+
+class CompletionStreamResponse(_StreamChunk):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionResponseChoice]
+
+
+class ChatCompletionStreamResponse(_StreamChunk):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatCompletionResponseStreamChoice]
+
+
+class ModelCard(_Response):
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default_factory=now)
@@ -178,17 +293,29 @@ class ModelCard(BaseModel):
     max_model_len: Optional[int] = None
 
 
-class ModelList(BaseModel):
+class ModelList(_Response):
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
-class ErrorDetail(BaseModel):
+class LegacyResponse(_Response):
+    """The legacy chatbot API's whole answer: one text per prompt."""
+
+    text: list[str]
+
+
+class LegacyStreamChunk(_Response):
+    """One JSON line of the legacy chatbot API's stream: the new text."""
+
+    text: str
+
+
+class ErrorInfo(_Response):
     message: str
     type: str
     param: Optional[str] = None
-    code: Optional[Union[str, int]] = None
+    code: Optional[str] = None
 
 
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
+class ErrorResponse(_Response):
+    error: ErrorInfo
