@@ -7,19 +7,32 @@ engine, the same way for every engine.
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
-from typing import Any, AsyncIterator, Optional, Union
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Optional, Union
 
 from pydantic import BaseModel, ValidationError
 
-from .engines.base import Engine, GenerationChunk, GenerationRequest, SamplingOptions
+from .engines.base import Engine, EngineDeadError, GenerationChunk, GenerationRequest, SamplingOptions
 from .protocol import (
     ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
     CompletionRequest,
+    CompletionResponse,
+    CompletionResponseChoice,
+    CompletionStreamResponse,
+    DeltaMessage,
+    ErrorInfo,
+    ErrorResponse,
     LegacyRequest,
+    LegacyResponse,
+    LegacyStreamChunk,
     ModelCard,
     ModelList,
+    UsageInfo,
     new_id,
     now,
 )
@@ -38,8 +51,17 @@ class APIError(Exception):
         self.code = code
         self.param = param
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+# The errors that become an HTTP answer; anything else is a bug and stays a 500.
+ANSWERED_ERRORS = (APIError, EngineDeadError)
+
+
+def error_response(error: Union[APIError, EngineDeadError]) -> tuple[int, ErrorResponse]:
+    """The one place an error becomes a status and an OpenAI error body."""
+    if isinstance(error, EngineDeadError):
+        error = APIError(503, str(error), type_="server_error", code="engine_dead")
+    info = ErrorInfo(message=error.message, type=error.type, param=error.param, code=error.code)
+    return error.status, ErrorResponse(error=info)
 
 
 def parse_body(model: type[BaseModel], raw: bytes) -> Any:
@@ -49,18 +71,19 @@ def parse_body(model: type[BaseModel], raw: bytes) -> Any:
         return model.model_validate_json(raw)
     except ValidationError as error:
         if any(problem["type"] == "json_invalid" for problem in error.errors()):
-            raise APIError(400, f"request body is not valid JSON: {error.errors()[0]['msg']}", code="invalid_json")
+            message = f"request body is not valid JSON: {error.errors()[0]['msg']}"
+            raise APIError(400, message, code="invalid_json") from None
         first_loc = error.errors()[0]["loc"]
         raise APIError(
             400,
             describe_validation_error(error),
             param=".".join(str(part) for part in first_loc) or None,
             code="invalid_request",
-        )
+        ) from None
 
 
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+def sse(payload: BaseModel) -> bytes:
+    return b"data: " + payload.model_dump_json().encode() + b"\n\n"
 
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -83,6 +106,33 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
         bos_token=tokenizer.bos_token or "",
         eos_token=tokenizer.eos_token or "",
     )
+
+
+OpenAIRequest = Union[CompletionRequest, ChatCompletionRequest]
+ChoiceOf = Callable[[str, Optional[str]], BaseModel]  # (text, finish_reason) -> a choice
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """How one OpenAI endpoint's bodies look; generating them is the same for both."""
+
+    response: type[BaseModel]  # the whole answer
+    choice: ChoiceOf  # its choice
+    chunk: type[BaseModel]  # one streamed event
+    chunk_choice: ChoiceOf  # its choice
+    opening: Optional[BaseModel] = None  # a first event's choice, before any text
+
+
+_SHAPES: dict[type, _Shape] = {
+    CompletionRequest: _Shape(CompletionResponse, CompletionResponseChoice.of,
+                              CompletionStreamResponse, CompletionResponseChoice.of),
+    ChatCompletionRequest: _Shape(
+        ChatCompletionResponse, ChatCompletionResponseChoice.of,
+        ChatCompletionStreamResponse, ChatCompletionResponseStreamChoice.of,
+        # OpenAI's chat stream announces the role first.
+        opening=ChatCompletionResponseStreamChoice(delta=DeltaMessage(role="assistant", content="")),
+    ),
+}
 
 
 class OpenAIAPI:
@@ -169,15 +219,13 @@ class OpenAIAPI:
         return GenerationRequest(new_id("chatcmpl"), ids, self._sampling(body, len(ids), body.max_tokens, body.stop))
 
     @staticmethod
-    def _usage(request: GenerationRequest, generated: int) -> dict[str, int]:
-        prompt = len(request.prompt_token_ids)
-        return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+    def _usage(request: GenerationRequest, generated: int) -> UsageInfo:
+        return UsageInfo.of(len(request.prompt_token_ids), generated)
 
-    # ---- endpoints -------------------------------------------------------------------------------------
+    # ---- OpenAI endpoints ------------------------------------------------------------------------------
 
-    def models(self) -> dict[str, Any]:
-        card = ModelCard(id=self.model_id, max_model_len=self.engine.max_model_len)
-        return ModelList(data=[card]).model_dump()
+    def models(self) -> ModelList:
+        return ModelList(data=[ModelCard(id=self.model_id, max_model_len=self.engine.max_model_len)])
 
     def completion_request(self, raw: bytes) -> tuple[CompletionRequest, GenerationRequest]:
         body = parse_body(CompletionRequest, raw)
@@ -187,62 +235,32 @@ class OpenAIAPI:
         body = parse_body(ChatCompletionRequest, raw)
         return body, self._prepare_chat(body)
 
-    async def completion(self, request: GenerationRequest) -> dict[str, Any]:
+    async def answer(self, body: OpenAIRequest, request: GenerationRequest) -> BaseModel:
+        """The whole answer to a completion or chat completion request."""
+        shape = _SHAPES[type(body)]
         text, last = await self._collect(request)
-        return {
-            "id": request.request_id,
-            "object": "text_completion",
-            "created": now(),
-            "model": self.model_id,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": last.finish_reason}],
-            "usage": self._usage(request, last.num_generated_tokens),
-        }
+        return shape.response(id=request.request_id, model=self.model_id,
+                              choices=[shape.choice(text, last.finish_reason)],
+                              usage=self._usage(request, last.num_generated_tokens))
 
-    async def completion_stream(self, body: CompletionRequest, request: GenerationRequest) -> AsyncIterator[bytes]:
-        created = now()
-        head = {"id": request.request_id, "object": "text_completion", "created": created, "model": self.model_id}
+    async def stream(self, body: OpenAIRequest, request: GenerationRequest) -> AsyncIterator[bytes]:
+        """The server-sent events of a streamed completion or chat completion: one per new text, then usage."""
+        shape = _SHAPES[type(body)]
+        head = {"id": request.request_id, "created": now(), "model": self.model_id}
+        if shape.opening is not None:
+            yield sse(shape.chunk.model_construct(**head, choices=[shape.opening]))
         generated = 0
-        async for chunk in self._run(request):
-            generated = chunk.num_generated_tokens
-            if chunk.text or chunk.finish_reason:
-                choice = {"index": 0, "text": chunk.text, "logprobs": None, "finish_reason": chunk.finish_reason}
-                yield sse({**head, "choices": [choice]})
-        if body.stream_options and body.stream_options.include_usage:
-            yield sse({**head, "choices": [], "usage": self._usage(request, generated)})
+        async with aclosing(self._run(request)) as chunks:  # a consumer that stops reading aborts at once
+            async for chunk in chunks:
+                generated = chunk.num_generated_tokens
+                if chunk.text or chunk.finish_reason:
+                    choice = shape.chunk_choice(chunk.text, chunk.finish_reason)
+                    yield sse(shape.chunk.model_construct(**head, choices=[choice]))
+        if body.wants_usage_chunk():
+            yield sse(shape.chunk.model_construct(**head, choices=[], usage=self._usage(request, generated)))
         yield SSE_DONE
 
-    async def chat(self, request: GenerationRequest) -> dict[str, Any]:
-        text, last = await self._collect(request)
-        return {
-            "id": request.request_id,
-            "object": "chat.completion",
-            "created": now(),
-            "model": self.model_id,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": last.finish_reason,
-                }
-            ],
-            "usage": self._usage(request, last.num_generated_tokens),
-        }
-
-    async def chat_stream(self, body: ChatCompletionRequest, request: GenerationRequest) -> AsyncIterator[bytes]:
-        head = {"id": request.request_id, "object": "chat.completion.chunk", "created": now(), "model": self.model_id}
-        yield sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-        generated = 0
-        async for chunk in self._run(request):
-            generated = chunk.num_generated_tokens
-            if chunk.text or chunk.finish_reason:
-                delta = {"content": chunk.text} if chunk.text else {}
-                yield sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason}]})
-        if body.stream_options and body.stream_options.include_usage:
-            yield sse({**head, "choices": [], "usage": self._usage(request, generated)})
-        yield SSE_DONE
-
-    # ---- the reference's contract -------------------------------------------------------------------------
+    # ---- the legacy chatbot API ------------------------------------------------------------------------
 
     def legacy_requests(self, raw: bytes) -> tuple[LegacyRequest, list[GenerationRequest]]:
         body = parse_body(LegacyRequest, raw)
@@ -251,15 +269,17 @@ class OpenAIAPI:
         for prompt in body.prompts():
             ids = self._tokenize(prompt, add_special_tokens=True)
             requests.append(
-                GenerationRequest(f"legacy-{uuid.uuid4().hex}", ids, self._sampling(body, len(ids), max_tokens, body.stops()))
+                GenerationRequest(new_id("legacy"), ids, self._sampling(body, len(ids), max_tokens, body.stops()))
             )
         return body, requests
 
-    async def legacy(self, requests: list[GenerationRequest]) -> dict[str, Any]:
+    async def legacy(self, requests: list[GenerationRequest]) -> LegacyResponse:
         results = await asyncio.gather(*(self._collect(request) for request in requests))
-        return {"text": [text for text, _ in results]}
+        return LegacyResponse(text=[text for text, _ in results])
 
     async def legacy_stream(self, request: GenerationRequest) -> AsyncIterator[bytes]:
-        async for chunk in self._run(request):
-            if chunk.text:
-                yield json.dumps({"text": chunk.text}).encode() + b"\n"
+        """JSON lines, one per new text."""
+        async with aclosing(self._run(request)) as chunks:
+            async for chunk in chunks:
+                if chunk.text:
+                    yield LegacyStreamChunk.model_construct(text=chunk.text).model_dump_json().encode() + b"\n"

@@ -7,16 +7,16 @@ A Serve config (KubeRay's serveConfigV2) deploys it with `import_path: serving_a
 # No `from __future__ import annotations`: Serve's ingress re-signs the route methods, and FastAPI (0.165, the CPU
 # images') then cannot resolve a string annotation such as "Request" and asks for a `request` query parameter.
 import asyncio
-import json
 import logging
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 
-from .api import APIError, OpenAIAPI
+from .api import ANSWERED_ERRORS, OpenAIAPI, error_response
 from .engines.registry import create_engine
 from .engines.base import EngineDeadError
 from .placement import deployment_options
@@ -43,26 +43,21 @@ class _BarePrefixIsRoot:
 app.add_middleware(_BarePrefixIsRoot)
 
 
-@app.exception_handler(APIError)
-async def _api_error(_: Request, error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
-
-
-def _engine_dead_error(error: EngineDeadError) -> APIError:
-    return APIError(503, str(error), type_="server_error", code="engine_dead")
-
-
-@app.exception_handler(EngineDeadError)
-async def _engine_dead(_: Request, error: EngineDeadError) -> JSONResponse:
-    return JSONResponse(_engine_dead_error(error).body(), status_code=503)
-
-
 _JSON = "application/json"
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _json(payload: Any) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), media_type=_JSON)
+def _json(body: BaseModel, status: int = 200) -> Response:
+    return Response(body.model_dump_json(), status_code=status, media_type=_JSON)
+
+
+async def _answered_error(_: Request, error: Exception) -> Response:
+    status, body = error_response(error)
+    return _json(body, status)
+
+
+for _error_type in ANSWERED_ERRORS:
+    app.add_exception_handler(_error_type, _answered_error)
 
 
 # A whole (non-streamed) answer that is not ready after this long starts its response and sends a JSON-insignificant
@@ -71,7 +66,7 @@ _HEARTBEAT_AFTER_S = 1.0
 _HEARTBEAT_EVERY_S = 1.0
 
 
-async def _whole_answer(request: Request, answer: Awaitable[Any]) -> Response:
+async def _whole_answer(request: Request, answer: Awaitable[BaseModel]) -> Response:
     """A non-streamed answer, abandoned as soon as the client disconnects: cancelling it aborts the engine's request.
 
     Serve's Python proxy cancels the handler on a disconnect; behind HAProxy (direct ingress) the replica only learns
@@ -107,16 +102,22 @@ async def _whole_answer(request: Request, answer: Awaitable[Any]) -> Response:
             while not (await asyncio.wait({work}, timeout=_HEARTBEAT_EVERY_S))[0]:
                 yield b" "
             try:
-                payload: Any = work.result()
-            except APIError as error:
-                payload = error.body()
-            except EngineDeadError as error:
-                payload = _engine_dead_error(error).body()
-            yield json.dumps(payload, separators=(",", ":")).encode()
+                payload = work.result()
+            except ANSWERED_ERRORS as error:
+                payload = error_response(error)[1]
+            yield payload.model_dump_json().encode()
         finally:
             work.cancel()  # the client left (the stream was cancelled): abort the generation
 
     return StreamingResponse(body(), media_type=_JSON)
+
+
+async def _openai_answer(request: Request, api: OpenAIAPI, parse: Callable[[bytes], Any]) -> Response:
+    """A completion or chat completion: server-sent events when the body asks to stream, else the whole answer."""
+    body, generation = parse(await request.body())
+    if body.stream:
+        return StreamingResponse(api.stream(body, generation), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return await _whole_answer(request, api.answer(body, generation))
 
 
 @serve.deployment(
@@ -145,8 +146,8 @@ class LLMServer:
         except EngineDeadError as error:
             return JSONResponse({"status": "dead", "error": str(error)}, status_code=503)
         stats = self.engine.stats()
-        return _json({"status": "ok", "running_requests": stats.running_requests,
-                      "waiting_requests": stats.waiting_requests, **stats.extra})
+        return JSONResponse({"status": "ok", "running_requests": stats.running_requests,
+                             "waiting_requests": stats.waiting_requests, **stats.extra})
 
     @app.get("/v1/models")
     async def models(self) -> Response:
@@ -154,23 +155,15 @@ class LLMServer:
 
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
-        body, generation = self.api.completion_request(await request.body())
-        if body.stream:
-            return StreamingResponse(self.api.completion_stream(body, generation), media_type="text/event-stream",
-                                     headers=_SSE_HEADERS)
-        return await _whole_answer(request, self.api.completion(generation))
+        return await _openai_answer(request, self.api, self.api.completion_request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        body, generation = self.api.chat_request(await request.body())
-        if body.stream:
-            return StreamingResponse(self.api.chat_stream(body, generation), media_type="text/event-stream",
-                                     headers=_SSE_HEADERS)
-        return await _whole_answer(request, self.api.chat(generation))
+        return await _openai_answer(request, self.api, self.api.chat_request)
 
     @app.post("/")
     async def legacy(self, request: Request) -> Response:
-        """The reference's `{"prompt": ...}` contract, kept for its existing chatbot client."""
+        """The legacy chatbot API (serving_app.protocol), kept for its existing client."""
         body, generations = self.api.legacy_requests(await request.body())
         if body.stream:
             return StreamingResponse(self.api.legacy_stream(generations[0]), media_type="application/x-ndjson")
