@@ -8,71 +8,18 @@ the way out, so no secret value can reach the files. Images are not built: pods 
 
 from __future__ import annotations
 
-import asyncio
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import pulumi
 import yaml
 from pulumi.runtime import rpc
-from pulumi.runtime.stack import register_stack_transformation
 
 from .config import PROJECT, REPO_ROOT, SECRET_KEYS, read_stack_file, to_pulumi_config
+from .mocks import Recorded, RecordingMocks, run_with_mocks
+from .program import main
 
 REDACTED = "REDACTED (pulumi secret config; written by pulumi up only)"
-
-
-@dataclass
-class Recorded:
-    type: str
-    name: str
-    inputs: dict[str, Any]
-
-
-@dataclass
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Resources as the program declares them; outputs echo inputs (plus what a provider would compute)."""
-
-    resources: list[Recorded] = field(default_factory=list)
-    # (type, name) -> position in the program. Registration order races (inputs resolve on worker threads), so
-    # files numbered by it would change from run to run; declaration order is stable and is an apply order.
-    declared: dict[tuple[str, str], int] = field(default_factory=dict)
-
-    def declare(self, args: pulumi.ResourceTransformationArgs) -> None:
-        self.declared.setdefault((args.type_, args.name), len(self.declared))
-
-    def in_declaration_order(self) -> list[Recorded]:
-        return sorted(self.resources, key=lambda r: self.declared[(r.type, r.name)])
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
-        self.resources.append(Recorded(args.typ, args.name, args.inputs))
-        outputs = dict(args.inputs)
-        if args.typ == "docker:index/image:Image":
-            # Known only after the push; render writes the tag.
-            outputs["repoDigest"] = args.inputs["imageName"]
-        return f"{args.name}-id", outputs
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, Optional[list]]:
-        return {}, None
-
-
-def run_with_mocks(config: dict[str, str], secret_keys: list[str], mocks: pulumi.runtime.Mocks,
-                   stack: str) -> None:
-    """Run infra.program.main once under `mocks` (fresh runtime state and event loop)."""
-    from .program import main
-
-    def program() -> Any:
-        if isinstance(mocks, RecordingMocks):
-            register_stack_transformation(mocks.declare)  # runs in each resource's constructor: program order
-        return main()
-
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    pulumi.runtime.reset_options()
-    pulumi.runtime.set_all_config(config, secret_keys)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
-    pulumi.runtime.test(program)()
 
 
 def redact(value: Any) -> Any:
@@ -147,7 +94,7 @@ def render(stack: str, out: Path, root: Path = REPO_ROOT) -> list[Path]:
     for key in SECRET_KEYS:
         config[f"{PROJECT}:{key}"] = f"<{key}>"  # placeholders: the real values never enter this process
     mocks = RecordingMocks()
-    run_with_mocks(config, [f"{PROJECT}:{key}" for key in SECRET_KEYS], mocks, stack)
+    run_with_mocks(main, mocks, stack, config, [f"{PROJECT}:{key}" for key in SECRET_KEYS])
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for index, document in enumerate(manifests(mocks.in_declaration_order())):

@@ -1,15 +1,12 @@
-"""Shared pieces of the infra tests: the real stack files as Pulumi config, fake secrets, recording mocks."""
+"""Shared pieces of the infra tests: the real stack files as Pulumi config, fake secrets (the recording mocks are
+infra.mocks, shared with render)."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
-from typing import Any, Callable, Optional
-
-import pulumi
+from typing import Any, Callable
 
 from infra.config import PROJECT, REPO_ROOT, StackConfig, parse_stack_config, read_stack_file, to_pulumi_config
-from infra.render import Recorded
 
 STACKS = ("gpu", "cpu")
 FAKE_HF_TOKEN = "hf_FAKEtokenForInfraTests_7c1e9a"
@@ -44,29 +41,3 @@ def pulumi_config(document: dict[str, Any], secrets: bool = True) -> dict[str, s
     if secrets:
         config.update(SECRETS)
     return config
-
-
-class Mocks(pulumi.runtime.Mocks):
-    """Records every resource with its inputs; a pushed image gets a digest derived from its name."""
-
-    def __init__(self) -> None:
-        self.resources: list[Recorded] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
-        self.resources.append(Recorded(args.typ, args.name, args.inputs))
-        outputs = dict(args.inputs)
-        if args.typ == "docker:index/image:Image":
-            repository = args.inputs["imageName"].rsplit(":", 1)[0]
-            outputs["repoDigest"] = f"{repository}@sha256:{hashlib.sha256(repository.encode()).hexdigest()}"
-        return f"{args.name}-id", outputs
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, Optional[list]]:
-        return {}, None
-
-    def of_type(self, type_: str) -> list[Recorded]:
-        return [r for r in self.resources if r.type == type_]
-
-    def one(self, type_: str) -> Recorded:
-        found = self.of_type(type_)
-        assert len(found) == 1, f"expected one {type_}, got {[r.name for r in found]}"
-        return found[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 
@@ -17,6 +16,7 @@ from infra.config import (
 )
 from infra.images import ServingImages, ServingImagesArgs
 from infra.kuberay import KubeRayOperator, KubeRayOperatorArgs
+from infra.mocks import IMAGE_TYPE, RecordingMocks, use_mocks
 from infra.model_storage import ModelStorageArgs, ModelVolume
 from infra.program import main
 from infra.ray_service import _minutes
@@ -24,22 +24,17 @@ from infra.secrets import ServingSecrets, ServingSecretsArgs
 from infra.serve_config import serve_config
 from serving_app.serve_args import TargetDevice
 from tests.infra_helpers import (
-    FAKE_HF_TOKEN, FAKE_REGISTRY_PASSWORD, SECRETS, STACKS, Mocks, pulumi_config, stack_document, with_values,
+    FAKE_HF_TOKEN, FAKE_REGISTRY_PASSWORD, SECRETS, STACKS, pulumi_config, stack_document, with_values,
 )
 
 SECRET_KEYS = list(SECRETS)
-IMAGE = "docker:index/image:Image"
-RAY_SERVICE = "kubernetes:apiextensions.k8s.io:CustomResource"  # the mock sees CustomResource's generic token
 SECRET = "kubernetes:core/v1:Secret"
 
 
 @pytest.fixture
 def mocks():
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    pulumi.runtime.reset_options()
-    recorder = Mocks()
-    pulumi.runtime.set_mocks(recorder, project="llm-serving", stack="test", preview=False)
+    recorder = RecordingMocks(image_digests=True)
+    loop = use_mocks(recorder, stack="test")
     yield recorder
     loop.close()
 
@@ -64,7 +59,7 @@ def plain(value):
     return value
 
 
-def ray_service_of(mocks: Mocks) -> dict:
+def ray_service_of(mocks: RecordingMocks) -> dict:
     (resource,) = [r for r in mocks.resources if r.inputs.get("kind") == "RayService"]
     return resource.inputs
 
@@ -90,7 +85,7 @@ def test_stack_declares_operator_images_secrets_storage_and_ray_service(mocks, s
         assert (release["chart"], release["version"], release["repositoryOpts"]["repo"]) == (
             "kuberay-operator", KUBERAY_CHART_VERSION, KUBERAY_REPO)
         assert release["namespace"] == config.kuberay.namespace
-        built = {r.inputs["imageName"].split("/")[-1].split(":")[0] for r in mocks.of_type(IMAGE)}
+        built = {r.inputs["imageName"].split("/")[-1].split(":")[0] for r in mocks.of_type(IMAGE_TYPE)}
         assert built == {"llm-serving-" + h.value.lower().replace("_", "-") for h in config.needed_hardware()}
         assert mocks.one("kubernetes:core/v1:PersistentVolume").inputs["spec"]["persistentVolumeReclaimPolicy"] == \
             "Retain"
@@ -157,7 +152,7 @@ def test_cpu_groups_carry_custom_resources_and_vendor_selectors(mocks):
         images = {g: w["template"]["spec"]["containers"][0]["image"] for g, w in workers.items()}
         assert "llm-serving-amd@" in images["cpu-amd"] and "llm-serving-intel@" in images["cpu-intel"]
         # One Dockerfile, two images: the stack's buildArgs pick each one's engine.
-        builds = {r.name: r.inputs["build"] for r in mocks.of_type(IMAGE)}
+        builds = {r.name: r.inputs["build"] for r in mocks.of_type(IMAGE_TYPE)}
         assert {name: build["args"] for name, build in builds.items()} == {
             "llm-serving-intel": {"ENGINE": "bigdl", "RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"},
             "llm-serving-amd": {"ENGINE": "onnxruntime", "RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"}}
@@ -185,10 +180,10 @@ def test_secret_values_only_in_their_secrets_and_always_secret(mocks, stack):
                     holders.setdefault(label, set()).add((resource.type, resource.name))
         assert holders["token"] == {(SECRET, "secrets-hf-token")}
         # The push needs the password too (docker Image's registry input): kept a Pulumi secret there as well.
-        assert holders["password"] == {(SECRET, "secrets-registry")} | {(IMAGE, r.name) for r in mocks.of_type(IMAGE)}
+        assert holders["password"] == {(SECRET, "secrets-registry")} | {(IMAGE_TYPE, r.name) for r in mocks.of_type(IMAGE_TYPE)}
         for resource in mocks.of_type(SECRET):
             assert rpc.is_rpc_secret(resource.inputs["stringData"]), resource.name
-        for resource in mocks.of_type(IMAGE):
+        for resource in mocks.of_type(IMAGE_TYPE):
             registry = resource.inputs["registry"]
             assert rpc.is_rpc_secret(registry) or rpc.is_rpc_secret(registry["password"])
         pull = [r for r in mocks.of_type(SECRET) if r.name == "secrets-registry"][0]
@@ -273,7 +268,7 @@ def test_existing_operator_namespace_claim_and_prebuilt_images(mocks):
 
     def check():
         types = {r.type for r in mocks.resources}
-        assert not types & {IMAGE, "kubernetes:helm.sh/v3:Release", "kubernetes:core/v1:Namespace",
+        assert not types & {IMAGE_TYPE, "kubernetes:helm.sh/v3:Release", "kubernetes:core/v1:Namespace",
                             "kubernetes:core/v1:PersistentVolume", "kubernetes:core/v1:PersistentVolumeClaim"}
         assert [r.name for r in mocks.of_type(SECRET)] == ["secrets-hf-token"]  # no registry, no pull secret
         spec = ray_service_of(mocks)["spec"]
@@ -332,7 +327,7 @@ def test_serving_images_build_with_the_clusters_versions(mocks):
 
     def check(refs):
         nvidia, intel, amd = refs
-        built = {r.name: r.inputs for r in mocks.of_type(IMAGE)}
+        built = {r.name: r.inputs for r in mocks.of_type(IMAGE_TYPE)}
         assert set(built) == {"llm-serving-nvidia", "llm-serving-intel"}  # the prebuilt AMD one is not built
         image = built["llm-serving-nvidia"]
         assert image["imageName"] == "r.example.com/team/llm-serving-nvidia:t1"

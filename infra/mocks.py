@@ -1,0 +1,91 @@
+"""Pulumi mocks that record every resource the program declares, with its inputs: render writes the records as
+manifests, the tests inspect them. Outputs echo inputs (plus what a provider would compute)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import pulumi
+from pulumi.runtime.stack import register_stack_transformation
+
+from .config import PROJECT
+
+IMAGE_TYPE = "docker:index/image:Image"
+
+
+@dataclass
+class Recorded:
+    type: str
+    name: str
+    inputs: dict[str, Any]
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """`image_digests`: a pushed image's repoDigest is a digest derived from its repository, as `pulumi up` pins
+    it; without, it is the image's tag (render: the digest is known only after the push)."""
+
+    def __init__(self, image_digests: bool = False) -> None:
+        self.image_digests = image_digests
+        self.resources: list[Recorded] = []
+        # (type, name) -> position in the program. Registration order races (inputs resolve on worker threads);
+        # declaration order is stable and is an apply order.
+        self.declared: dict[tuple[str, str], int] = {}
+
+    def declare(self, args: pulumi.ResourceTransformationArgs) -> None:
+        self.declared.setdefault((args.type_, args.name), len(self.declared))
+
+    def in_declaration_order(self) -> list[Recorded]:
+        return sorted(self.resources, key=lambda r: self.declared[(r.type, r.name)])
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
+        self.resources.append(Recorded(args.typ, args.name, args.inputs))
+        outputs = dict(args.inputs)
+        if args.typ == IMAGE_TYPE:
+            outputs["repoDigest"] = self._repo_digest(args.inputs["imageName"])
+        return f"{args.name}-id", outputs
+
+    def _repo_digest(self, image_name: str) -> str:
+        if not self.image_digests:
+            return image_name
+        repository = image_name.rsplit(":", 1)[0]
+        return f"{repository}@sha256:{hashlib.sha256(repository.encode()).hexdigest()}"
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, Optional[list]]:
+        return {}, None
+
+    def of_type(self, type_: str) -> list[Recorded]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str) -> Recorded:
+        found = self.of_type(type_)
+        if len(found) != 1:
+            raise LookupError(f"expected one {type_}, got {[r.name for r in found]}")
+        return found[0]
+
+
+def use_mocks(mocks: RecordingMocks, stack: str) -> asyncio.AbstractEventLoop:
+    """Fresh runtime state and event loop with `mocks` in place of the engine; returns the loop (to close)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    pulumi.runtime.reset_options()
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
+    return loop
+
+
+def run_with_mocks(program: Callable[[], Any], mocks: RecordingMocks, stack: str, config: dict[str, str],
+                   secret_keys: list[str]) -> None:
+    """Run `program` once under `mocks`, recording the order it declares resources in."""
+
+    def declaring() -> Any:
+        register_stack_transformation(mocks.declare)  # runs in each resource's constructor: program order
+        return program()
+
+    loop = use_mocks(mocks, stack)
+    pulumi.runtime.set_all_config(config, secret_keys)
+    try:
+        pulumi.runtime.test(declaring)()
+    finally:
+        loop.close()
