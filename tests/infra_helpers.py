@@ -4,15 +4,19 @@ infra.mocks, shared with render)."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Callable
 
-from infra.config import PROJECT, REPO_ROOT, StackConfig, parse_stack_config, read_stack_file, to_pulumi_config
+from infra.config import (
+    KUBERAY_CHART_VERSION, PROJECT, StackConfig, parse_stack_config, read_stack_file, to_pulumi_config,
+)
 
 STACKS = ("gpu", "cpu")
 FAKE_HF_TOKEN = "hf_FAKEtokenForInfraTests_7c1e9a"
 FAKE_REGISTRY_PASSWORD = "FAKE-registry-Passw0rd-5d2f"
 SECRETS = {f"{PROJECT}:hfToken": FAKE_HF_TOKEN, f"{PROJECT}:registryPassword": FAKE_REGISTRY_PASSWORD}
-CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay-crds" / "v1.7.0"
+# The CRDs of the operator version the stacks install.
+CRD_DIR = Path(__file__).parent / "fixtures" / "kuberay-crds" / f"v{KUBERAY_CHART_VERSION}"
 
 
 def stack_document(stack: str) -> dict[str, Any]:
