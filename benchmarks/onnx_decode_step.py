@@ -60,7 +60,7 @@ def _kernel_ms_by_op(session, runs: int) -> dict[str, float]:
 
 def time_in_place(path: Path, batch: int, threads: int, cached: int, runs: int, profile: bool) -> dict:
     """A decode step through the engine's binding, every row holding `cached` tokens."""
-    from serving_app.engines.onnx_engine import SharedKVCacheModel
+    from serving_app.engines.onnxruntime.kv_cache import SharedKVCacheModel
 
     session = _session(path, threads, profile)
     model = SharedKVCacheModel(session, max_rows=batch, max_len=cached + runs + 8, pad_token_id=0)

@@ -366,10 +366,11 @@ def test_a_request_joining_mid_generation_and_one_leaving_early_do_not_disturb_t
 
     async def scenario():
         long = scheduler.generate(greedy("long", 0, 40))
-        parts = []
-        while not parts or chunk.num_generated_tokens < 10:
+        parts, generated = [], 0
+        while generated < 10:
             chunk = await long.__anext__()
             parts.append(chunk.text)
+            generated = chunk.num_generated_tokens
         # Joins with a longer prompt: the running row's cache is padded on the left.
         joined = asyncio.ensure_future(collect(scheduler, greedy("joined", 2, 40)))
         short = asyncio.ensure_future(collect(scheduler, greedy("short", 1, 3)))  # leaves after 3 tokens

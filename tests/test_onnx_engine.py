@@ -18,10 +18,11 @@ pytest.importorskip("optimum.onnxruntime")
 
 from serving_app import artifacts  # noqa: E402
 from serving_app.engines.base import GenerationRequest, SamplingOptions  # noqa: E402
-from serving_app.engines.onnx_engine import (OnnxModelError, OnnxRuntimeEngine, SharedKVCacheModel,  # noqa: E402
-                                             resolve_onnx_model)
+from serving_app.engines.onnxruntime.convert import resolve_quantization  # noqa: E402
+from serving_app.engines.onnxruntime.engine import OnnxRuntimeEngine  # noqa: E402
+from serving_app.engines.onnxruntime.kv_cache import SharedKVCacheModel  # noqa: E402
+from serving_app.engines.onnxruntime.model_dir import OnnxModelError, resolve_onnx_model  # noqa: E402
 from serving_app.serve_args import parse_serve_args  # noqa: E402
-from serving_app.convert import resolve_quantization  # noqa: E402
 from tests.engine_cases import convert_to_onnx  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

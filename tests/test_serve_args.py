@@ -127,7 +127,7 @@ def test_an_unknown_int8_kernel_target_fails_at_preview():
 def test_auto_quantization_follows_the_cpu(tmp_path, flags: str, target: str):
     import platform
 
-    from serving_app.convert import resolve_quantization
+    from serving_app.engines.onnxruntime.convert import resolve_quantization
 
     if platform.machine().lower() in ("aarch64", "arm64"):
         pytest.skip("x86 flags")

@@ -1,12 +1,11 @@
 """Rewrite an Optimum-exported decoder so its KV cache is updated in place.
 
 Optimum's graph appends each step's key/value to the past with a Concat (past -> present), so every decode step
-copies the whole cache, and attends over a left-padded past. At 8 streams that copy cost as much as the weights
-(benchmarks/RESULTS.md, issue 3). Here each layer's attention (the two Concats, Q.K^T, mask, softmax, P.V) is
-replaced by ONNX Runtime's GroupQueryAttention, which writes the new key/value into a preallocated buffer that is
-both its past and its present input (`past_present_share_buffer`), and attends over each row's own length
-(`seqlens_k`, from the attention mask). The caller then keeps one buffer per layer, rows right-aligned at position
-0, and binds it as past and present (see `engines/onnx_engine.py`).
+copies the whole cache, and attends over a left-padded past. Here each layer's attention (the two Concats, Q.K^T,
+mask, softmax, P.V) is replaced by ONNX Runtime's GroupQueryAttention, which writes the new key/value into a
+preallocated buffer that is both its past and its present input (`past_present_share_buffer`), and attends over
+each row's own length (`seqlens_k`, from the attention mask). The caller then keeps one buffer per layer, rows
+right-aligned at position 0, and binds it as past and present (`kv_cache.py`).
 
 Inputs and outputs keep their names; what changes is the contract: `attention_mask` is right-padded (row b has
 ones for its cached tokens plus the new ones, then zeros), `past_key_values.*` are the shared buffers (their time
@@ -68,6 +67,20 @@ def _skip_transpose(producers: dict[str, Any], tensor: str) -> tuple[str, bool]:
         if perm == [0, 2, 1, 3]:
             return node.input[0], True
     return tensor, False
+
+
+def _to_bsh(producers: dict[str, Any], new_nodes: list[Any], tensor: str, out: str) -> str:
+    """Append nodes making `out` = `tensor` [batch, heads, seq, head_dim] as [batch, seq, heads * head_dim] (undoing
+    the export's Transpose where there is one); returns `out`."""
+    from onnx import helper
+
+    source, was_transposed = _skip_transpose(producers, tensor)
+    if was_transposed:  # source is [batch, seq, heads, head_dim] already
+        new_nodes.append(helper.make_node("Reshape", [source, "kv/bsh"], [out]))
+    else:
+        new_nodes.append(helper.make_node("Transpose", [tensor], [f"{out}_t"], perm=[0, 2, 1, 3]))
+        new_nodes.append(helper.make_node("Reshape", [f"{out}_t", "kv/bsh"], [out]))
+    return out
 
 
 def rewrite_attention(model: Any, num_heads: int) -> int:
@@ -155,18 +168,8 @@ def rewrite_attention(model: Any, num_heads: int) -> int:
                 raise AttentionRewriteError(f"layer {layer}: the attention scale is not a constant")
             scale = 1 / factor if scaled[0].op_type == "Div" else factor
         prefix = f"kv/layer{layer}"
-
-        def to_bsh(tensor: str, name: str) -> str:
-            """[batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim] (undoing the export's Transpose)."""
-            source, was_transposed = _skip_transpose(producers, tensor)
-            if was_transposed:  # source is [batch, seq, heads, head_dim] already
-                new_nodes.append(helper.make_node("Reshape", [source, "kv/bsh"], [f"{prefix}/{name}"]))
-            else:
-                new_nodes.append(helper.make_node("Transpose", [tensor], [f"{prefix}/{name}_t"], perm=[0, 2, 1, 3]))
-                new_nodes.append(helper.make_node("Reshape", [f"{prefix}/{name}_t", "kv/bsh"], [f"{prefix}/{name}"]))
-            return f"{prefix}/{name}"
-
-        q, k, v = to_bsh(query, "q"), to_bsh(concat_k.input[1], "k"), to_bsh(concat_v.input[1], "v")
+        q, k, v = (_to_bsh(producers, new_nodes, tensor, f"{prefix}/{name}")
+                   for tensor, name in ((query, "q"), (concat_k.input[1], "k"), (concat_v.input[1], "v")))
         new_nodes.append(helper.make_node(
             "GroupQueryAttention",
             [q, k, v, past_k, past_v, "kv/seqlens_k", "kv/total_sequence_length"],
