@@ -115,10 +115,6 @@ class NodeGroup(_Model):
         return capacity
 
 
-class HeadGroup(NodeGroup):
-    pass
-
-
 class WorkerGroup(NodeGroup):
     name: str = Field(pattern=_DNS_LABEL, max_length=40)
     replicas: int = Field(default=1, ge=0)
@@ -304,7 +300,7 @@ class StackConfig(_Model):
     registry: Optional[Registry] = None
     images: dict[TargetDevice, ImageSpec]
     model_storage: Optional[ModelStorage] = None
-    head_group: HeadGroup
+    head_group: NodeGroup
     worker_groups: list[WorkerGroup] = Field(default_factory=list)
     serve: Serve
     dashboard: Dashboard = Field(default_factory=Dashboard)
