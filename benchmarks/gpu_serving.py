@@ -23,16 +23,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    BareVLLM, Server, loadavg, machine_info, median, package_versions, pids_using, run_load, running,
-)
+from benchmarks.common import LOGS, loadavg, machine_info, median, package_versions, run_load  # noqa: E402
+from devtools.servers import BareVLLM, OurServe, Server, running  # noqa: E402
 from infra.config import load_stack  # noqa: E402
-from devtools.local_ray import LocalRay  # noqa: E402
 from infra.serve_config import serve_config  # noqa: E402
 from serving_app.serve_args import ServeArgs  # noqa: E402
 
@@ -83,50 +82,11 @@ def app_config(shape: str, model: Path, replicas: Optional[int], backend: Option
 # ---- our app on Ray ----------------------------------------------------------------------------------------
 
 
-class OursOnRay(Server):
-    """A Ray head on this machine (LocalRay), the app deployed by a Serve config PUT, as KubeRay does."""
-
-    def __init__(self, app: dict[str, Any], gpus: Optional[str] = None, label: str = "ours"):
-        self.label = label
-        self.app = app
-        self.ray = LocalRay(num_cpus=os.cpu_count() or 16)
-        if gpus is not None:
-            self.ray.env["CUDA_VISIBLE_DEVICES"] = gpus  # Ray sees (and the replica gets) only these
-        self.base_url = ""
-
-    def start(self, timeout: float = 900) -> "OursOnRay":
-        self.ray.start()
-        config = self.ray.serve_config([self.app])
-        started = time.time()
-        self.ray.put_config(config)
-        # With more replicas than the machine holds the app stays DEPLOYING: serve as soon as one replica runs.
-        while True:
-            if self.replica_states().get("RUNNING", 0) >= 1:
-                break
-            if self.application().get("status") in ("DEPLOY_FAILED", "UNHEALTHY") or time.time() > started + timeout:
-                raise RuntimeError(f"no replica running after {time.time() - started:.0f}s: "
-                                   f"{json.dumps(self.application())[:3000]}")
-            time.sleep(3)
-        self.base_url = self.ray.url(self.app["route_prefix"])
-        return self
-
-    def application(self) -> dict[str, Any]:
-        return self.ray.applications().get(self.app["name"], {})
-
-    def deployment(self) -> dict[str, Any]:
-        return self.application().get("deployments", {}).get("LLMServer", {})
-
-    def replica_states(self) -> dict[str, int]:
-        states: dict[str, int] = {}
-        for replica in self.deployment().get("replicas", []):
-            states[replica["state"]] = states.get(replica["state"], 0) + 1
-        return states
-
-    def pids(self) -> list[int]:
-        return pids_using(self.ray.temp_dir)
-
-    def stop(self) -> None:
-        self.ray.stop()
+def ours_on_ray(app: dict[str, Any], gpus: Optional[str] = None, label: str = "ours") -> OurServe:
+    """The app on a Ray head on this machine; with `gpus`, Ray sees (and the replica gets) only those. A replica
+    that does not fit stays pending, as on a cluster: it serves once one replica runs."""
+    env = {"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else None
+    return OurServe(app, sys.executable, label=label, env=env, num_cpus=os.cpu_count() or 16, any_replica=True)
 
 
 def gpu_processes() -> list[dict[str, Any]]:
@@ -140,7 +100,7 @@ def gpu_processes() -> list[dict[str, Any]]:
             for pid, uuid, used in query("compute-apps", "pid,gpu_uuid,used_memory")]
 
 
-def placement_report(ours: OursOnRay) -> dict[str, Any]:
+def placement_report(ours: OurServe) -> dict[str, Any]:
     """Where Ray put the replica and vLLM's workers, and what Serve says about replicas that do not fit."""
     import ray
     from ray.util.state import list_actors, list_placement_groups
@@ -164,11 +124,13 @@ def placement_report(ours: OursOnRay) -> dict[str, Any]:
     running_groups = [g for g in groups if g["state"] == "CREATED" and any("GPU" in b for b in g["bundles"])]
     pending_groups = [g for g in groups if g["state"] == "PENDING"]
     gpu_of = {p["pid"]: p["gpu"] for p in gpus}
+    application = ours.ray.serve.applications().get(ours.app["name"], {})
+    deployment = application.get("deployments", {}).get("LLMServer", {})
     return {
-        "serve_deployment": {**{k: ours.deployment().get(k) for k in ("status", "status_trigger", "message",
-                                                                       "required_resources")},
-                             "replica_states": ours.replica_states()},
-        "serve_application_status": ours.application().get("status"),
+        "serve_deployment": {**{k: deployment.get(k) for k in ("status", "status_trigger", "message",
+                                                                "required_resources")},
+                             "replica_states": dict(Counter(r["state"] for r in deployment.get("replicas", [])))},
+        "serve_application_status": application.get("status"),
         "placement_groups": groups, "actors": actors, "gpu_processes": gpus, "ray_resources": resources,
         "checks": {
             "replica_actors": len(replicas),
@@ -194,7 +156,7 @@ def bare_server(app: dict[str, Any], model: Path, gpus: Optional[str] = None) ->
     for key, value in args.engine_kwargs.items():
         if key != "distributed_executor_backend":  # bare vLLM picks its own (mp on one node)
             extra += [f"--{key.replace('_', '-')}", str(value)]
-    return BareVLLM(model, args.served_model_name, args.max_model_len, args.batch_size, None, python=Path(sys.executable),
+    return BareVLLM(model, args.served_model_name, args.max_model_len, args.batch_size, None, LOGS, python=Path(sys.executable),
                     extra=extra, env={"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else None)
 
 
@@ -256,8 +218,8 @@ def run(options: argparse.Namespace) -> None:
     print(f"[gpu] app config: {json.dumps(app)}", flush=True)
     servers: list[Server] = []
     if options.mode in ("ours", "both"):
-        servers.append(OursOnRay(app, gpus="0" if options.mode == "both" else None, label=label if
-                                 options.mode == "ours" else "ours"))
+        servers.append(ours_on_ray(app, gpus="0" if options.mode == "both" else None, label=label if
+                                   options.mode == "ours" else "ours"))
     if options.mode in ("bare", "both"):
         servers.append(bare_server(app, model, gpus="1" if options.mode == "both" else None))
     with running(*servers):
@@ -274,7 +236,7 @@ def keep_logs(servers: list[Server], archive: Path) -> None:
 
     with tarfile.open(archive, "w:gz") as tar:
         for server in servers:
-            if isinstance(server, OursOnRay):
+            if isinstance(server, OurServe):
                 logs = server.ray.temp_dir / "session_latest" / "logs"
                 for path in sorted(logs.rglob("*")) if logs.exists() else []:
                     if path.is_file() and (path.suffix in (".log", ".err", ".out") or "serve" in path.parts):
@@ -290,13 +252,13 @@ def measure(servers: list[Server], app: dict[str, Any], model: Path, options: ar
         server.start()
         meta[f"{server.label}_startup_s"] = round(time.time() - started, 1)
         print(f"[gpu] {server.label} up in {meta[f'{server.label}_startup_s']}s at {server.base_url}", flush=True)
-        if isinstance(server, OursOnRay):
+        if isinstance(server, OurServe):
             meta["placement_at_start"] = placement_report(server)
             print(f"[gpu] placement: {json.dumps(meta['placement_at_start']['checks'])}", flush=True)
     save(out, meta, [])
     runs = bench(servers, app, model, options, meta, out)
     for server in servers:
-        if isinstance(server, OursOnRay):
+        if isinstance(server, OurServe):
             # Later than at start: Serve reports a replica that cannot be scheduled after a while.
             meta["placement_after_bench"] = placement_report(server)
             print(f"[gpu] serve says: {json.dumps(meta['placement_after_bench']['serve_deployment'])}", flush=True)

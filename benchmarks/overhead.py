@@ -19,9 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
-    MAIN_PYTHON, BareVLLM, OurServe, ensure_model, loadavg, machine_info, median, package_versions, probe_latency,
-    run_load, running, save, spread,
+    LOGS, MAIN_PYTHON, ensure_model, loadavg, machine_info, median, package_versions, probe_latency, run_load, save,
+    spread,
 )
+from devtools.servers import BareVLLM, OurServe, running  # noqa: E402
+from infra.serve_config import application  # noqa: E402
 
 METRICS = [  # (key in vllm bench's result, column title)
     ("output_throughput", "output tok/s"),
@@ -54,6 +56,11 @@ def num_prompts_for(concurrency: int, minimum: int) -> int:
     return max(minimum, 2 * concurrency)
 
 
+def per_1000_tokens(run: dict, role: str) -> float:
+    """CPU-seconds of one process role per 1000 output tokens."""
+    return 1000 * run["server_cpu_s_by_role"].get(role, 0.0) / max(1, run["total_output_tokens"])
+
+
 def tables(runs: list[dict], concurrencies: list[int]) -> str:
     labels = list(dict.fromkeys(r["server"] for r in runs))
     others = [label for label in labels if label != "bare"]
@@ -75,7 +82,7 @@ def tables(runs: list[dict], concurrencies: list[int]) -> str:
             if bare and ours:
                 pairs.append((bare[0], ours[0]))
 
-        def ratio(key: str) -> str:
+        def ratio(key: str, pairs: list = pairs) -> str:
             values = [o[key] / b[key] for b, o in pairs if b[key]]
             return (f"{median(values):.3f} [{min(values):.3f}-{max(values):.3f}]" if len(values) > 1
                     else (f"{values[0]:.3f}" if values else "n/a"))
@@ -93,8 +100,7 @@ def tables(runs: list[dict], concurrencies: list[int]) -> str:
             rows = [r for r in runs if r["concurrency"] == conc and r["server"] == label]
             if not rows:
                 continue
-            per_k = lambda r, role: 1000 * r["server_cpu_s_by_role"].get(role, 0.0) / max(1, r["total_output_tokens"])
-            cells = [f"{median([per_k(r, role) for r in rows]):.2f}" if any(role in r["server_cpu_s_by_role"]
+            cells = [f"{median([per_1000_tokens(r, role) for r in rows]):.2f}" if any(role in r["server_cpu_s_by_role"]
                      for r in rows) else "" for role in roles]
             total = median([1000 * r["server_cpu_s"] / max(1, r["total_output_tokens"]) for r in rows])
             busy = median([r["machine_busy_cores"] for r in rows])
@@ -138,14 +144,14 @@ def main() -> None:
     for variant in options.variants:
         if variant == "bare":
             servers.append(BareVLLM(model, served, options.max_model_len, options.max_num_seqs,
-                                    options.kv_cache_bytes))
+                                    options.kv_cache_bytes, LOGS, python=MAIN_PYTHON))
         else:
-            servers.append(OurServe(MAIN_PYTHON, {
+            servers.append(OurServe(application("bench", "/bench", {
                 "model_name": str(model), "served_model_name": served, "target_device": "CPU",
                 "max_model_len": options.max_model_len, "batch_size": options.max_num_seqs,
                 "engine_kwargs": {"kv_cache_memory_bytes": options.kv_cache_bytes},
                 "max_ongoing_requests": 256, "num_cpus": 1,
-            }, label=variant, env=VARIANTS[variant]))
+            }), MAIN_PYTHON, label=variant, env=VARIANTS[variant]))
     runs: list[dict] = []
     meta = {
         "issue": 5, "machine": machine_info(), "options": vars(options), "command": " ".join(sys.argv),

@@ -21,8 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import LOGS, MAIN_PYTHON, WORK, OurServe, _role, ensure_model, run_load, save  # noqa: E402
+from benchmarks.common import LOGS, MAIN_PYTHON, WORK, _role, ensure_model, run_load, save  # noqa: E402
 from benchmarks.overhead import VARIANTS  # noqa: E402
+from devtools.servers import OurServe  # noqa: E402
+from infra.serve_config import application  # noqa: E402
 
 OWNERS = [  # (substring of the frame's file, owner); first match wins
     ("serving_app/", "serving_app (ours)"), ("bigdl/", "bigdl"), ("ray/serve/", "ray serve"), ("ray/", "ray core"),
@@ -81,16 +83,17 @@ def main() -> None:
     options = parser.parse_args()
 
     model = ensure_model("100m")
-    server = OurServe(MAIN_PYTHON, {
+    serve_args = {
         "model_name": str(model), "served_model_name": "llama-100m", "target_device": "CPU", "max_model_len": 2048,
         "batch_size": 32, "engine_kwargs": {"kv_cache_memory_bytes": 512 * 2**20}, "max_ongoing_requests": 256,
         "num_cpus": 1, **json.loads(options.args),
-    }, label=options.variant, env=VARIANTS[options.variant])
-    if "engine" in server.serve_args and server.serve_args["engine"] != "vllm":
-        server.serve_args.pop("engine_kwargs", None)
-    server.python = options.python
+    }
+    if serve_args.get("engine", "vllm") != "vllm":
+        serve_args.pop("engine_kwargs", None)  # vLLM's KV cache size means nothing to another engine
+    server = OurServe(application("bench", "/bench", serve_args), options.python, label=options.variant,
+                      env=VARIANTS[options.variant])
     result = {"variant": options.variant, "concurrency": options.concurrency, "command": " ".join(sys.argv),
-              "serve_args": server.serve_args}
+              "serve_args": serve_args}
     try:
         server.start()
         targets = {_role(pid): pid for pid in server.pids()

@@ -6,7 +6,8 @@
 
 `up` renders the stack's serveConfigV2 with the code the RayService uses, then adapts only what a laptop-sized
 machine needs (one replica, one CPU each, no GPUs: vLLM's CPU build) and says each change. Every application runs
-its engine in that engine's own Python environment (Ray's `py_executable`), created by scripts/setup_envs.sh.
+its engine in that engine's own Python environment (the registry's; Ray's `py_executable`), created by
+scripts/setup_envs.sh.
 """
 
 from __future__ import annotations
@@ -18,25 +19,19 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from infra.config import MODELS_MOUNT, REPO_ROOT, StackConfigError, load_stack
+from infra.serve_config import application, build_serve_config, serve_config
+from serving_app.engines.registry import spec
 from serving_app.serve_args import EngineName, ServeArgs, TargetDevice
 
-from infra.config import MODELS_MOUNT, REPO_ROOT, StackConfigError, load_stack
-from infra.serve_config import serve_config
+from .local_ray import LocalRay
+from .serve_rest import DeployError, ServeREST, http_json
 
-from .local_ray import LocalRay, http_json
-
-# Each engine's environment: (setup_envs.sh target, venv directory). They mirror the serving images.
-ENGINE_ENVS = {
-    EngineName.VLLM: ("main", ".venv"),
-    EngineName.BIGDL: ("bigdl", ".venv-bigdl"),
-    EngineName.ONNXRUNTIME: ("onnx", ".venv-onnx"),
-}
 # Generated models, converted models and the state of running stacks; tests point it elsewhere.
 CACHE = Path(os.environ.get("INFRA_LOCAL_CACHE", REPO_ROOT / ".cache"))
 TINY_MODEL_LEN = 2048  # the generated model's max_position_embeddings
@@ -48,11 +43,11 @@ class LocalModeError(RuntimeError):
 
 
 def env_python(engine: EngineName) -> Path:
-    return REPO_ROOT / ENGINE_ENVS[engine][1] / "bin" / "python"
+    return REPO_ROOT / spec(engine).environment.venv / "bin" / "python"
 
 
 def ensure_envs(engines: set[EngineName]) -> None:
-    targets = sorted({ENGINE_ENVS[engine][0] for engine in engines})
+    targets = sorted({spec(engine).environment.name for engine in engines})
     subprocess.run(["bash", str(REPO_ROOT / "scripts" / "setup_envs.sh"), *targets], check=True)
 
 
@@ -69,12 +64,12 @@ def _run_in(engine: EngineName, *command: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run([str(env_python(engine)), *command], env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise LocalModeError(f"{' '.join(command[:3])} failed in {ENGINE_ENVS[engine][1]}:\n{result.stderr[-3000:]}")
+        raise LocalModeError(f"{' '.join(command[:3])} failed in {spec(engine).environment.venv}:\n{result.stderr[-3000:]}")
 
 
 def tiny_model(engine: EngineName) -> Path:
     """A generated random Llama, cached; written by the engine's own environment so its tokenizer can read it."""
-    path = CACHE / "models" / f"tiny-llama-{ENGINE_ENVS[engine][0]}"
+    path = CACHE / "models" / f"tiny-llama-{spec(engine).environment.name}"
     if not (path / "config.json").exists():
         print(f"[local] generating a small random Llama into {path} (once)")
         _run_in(engine, "-m", "devtools.tiny_llama", str(path))
@@ -123,6 +118,7 @@ def plan(stack_name: str, model: Optional[str] = None, port: Optional[int] = Non
         notes.append("no --model given: serving a generated random Llama, so answers are random text. "
                      "Point at real weights with --model /path/to/hf-model (or a hub id, with HF_TOKEN set).")
     apps: list[LocalApp] = []
+    entries: list[dict[str, Any]] = []
     resources: dict[str, float] = {}
     for entry in config["applications"]:
         args = ServeArgs.model_validate(entry["args"])
@@ -171,9 +167,11 @@ def plan(stack_name: str, model: Optional[str] = None, port: Optional[int] = Non
         runtime_env = dict(entry.get("runtime_env") or {})
         runtime_env["py_executable"] = str(env_python(local_args.engine))
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "PYTHONPATH": str(REPO_ROOT)}
-        entry.update(args=local_args.model_dump(mode="json", exclude_none=True), runtime_env=runtime_env)
+        args_dump = local_args.model_dump(mode="json", exclude_none=True)
+        entries.append(application(entry["name"], entry["route_prefix"], args_dump, runtime_env))
         apps.append(LocalApp(entry["name"], entry["route_prefix"], local_args, changes))
-    config["http_options"] = {"host": "127.0.0.1", "port": port or config["http_options"]["port"]}
+    config = build_serve_config(entries, host="127.0.0.1", port=port or config["http_options"]["port"],
+                                proxy_location=config["proxy_location"])
     notes.append("Serve listens on 127.0.0.1 only")
     num_cpus = max(os.cpu_count() or 1, sum(app.args.num_cpus * app.args.num_replicas for app in apps) + 1)
     return LocalPlan(stack_name, config, apps, resources, int(num_cpus), notes)
@@ -234,38 +232,14 @@ def up(stack: str, model: Optional[str], port: Optional[int]) -> dict[str, Any]:
     _state_path(stack).parent.mkdir(parents=True, exist_ok=True)
     _state_path(stack).write_text(json.dumps(state, indent=2))
     try:
-        status, body = http_json("PUT", f"{dashboard}/api/serve/applications/", local.config)
-        if status != 200:
-            raise LocalModeError(f"Serve refused the config ({status}): {body}")
-        print(f"[local] deployed {len(local.apps)} application(s); waiting until RUNNING (loading models)")
-        _wait_running(dashboard, state["apps"], timeout=1800)
+        print(f"[local] deploying {len(local.apps)} application(s); waiting until RUNNING (loading models)")
+        ServeREST(dashboard).deploy(local.config, timeout=1800)
     except BaseException:
         print("[local] deployment failed; stopping what was started", file=sys.stderr)
         down(stack)
         raise
     _print_usage(state)
     return state
-
-
-def _applications(dashboard: str) -> dict[str, Any]:
-    status, body = http_json("GET", f"{dashboard}/api/serve/applications/")
-    if status != 200:
-        raise LocalModeError(f"Ray dashboard at {dashboard} answered {status}")
-    return (body or {}).get("applications", {})
-
-
-def _wait_running(dashboard: str, names: list[str], timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        apps = _applications(dashboard)
-        states = {name: apps.get(name, {}).get("status") for name in names}
-        failed = {name: apps[name].get("message") for name, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
-        if failed:
-            raise LocalModeError("application(s) failed:\n" + "\n".join(f"  {n}: {m}" for n, m in failed.items()))
-        if all(s == "RUNNING" for s in states.values()):
-            return
-        time.sleep(2)
-    raise LocalModeError(f"not RUNNING after {timeout:.0f}s: {states}")
 
 
 def _base_url(state: dict[str, Any], app: str) -> str:
@@ -284,7 +258,7 @@ def _print_usage(state: dict[str, Any]) -> None:
 
 def status(stack: str) -> dict[str, Any]:
     state = _load_state(stack)
-    apps = _applications(state["dashboard"])
+    apps = ServeREST(state["dashboard"]).applications()
     for name in state["apps"]:
         info = apps.get(name, {})
         print(f"{name}: {info.get('status', 'MISSING')} at {_base_url(state, name)}/v1 {info.get('message') or ''}".rstrip())
@@ -298,7 +272,7 @@ def down(stack: str) -> None:
         print(f"[local] stopped the local Ray head of stack {stack!r}")
     else:
         for name in state["apps"]:  # someone else's cluster: remove only our applications
-            http_json("DELETE", f"{state['dashboard']}/api/serve/applications/{name}")  # noqa: E501
+            ServeREST(state["dashboard"]).delete(name)
         print(f"[local] removed {len(state['apps'])} application(s) from {state['dashboard']}")
     _state_path(stack).unlink()
 
@@ -330,7 +304,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             down(options.stack)
         else:
             smoke(options.stack)
-    except (LocalModeError, StackConfigError) as error:
+    except (LocalModeError, DeployError, StackConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -1,7 +1,7 @@
-"""A Ray head on this machine that takes Serve configs the way KubeRay does (the dashboard's REST API).
+"""A Ray head on this machine that takes Serve configs the way KubeRay does (the dashboard's REST API: `.serve`).
 
 Used by local mode, the tests and the benchmarks. Needs no Ray import: it drives the `ray` CLI of an environment
-and talks HTTP, so the Pulumi side stays free of Ray.
+(any engine's) and talks HTTP, so the process that drives it needs no Ray either.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from infra.manifests import RAY_SERVING_ENV
+from infra.serve_config import build_serve_config
+
+from .serve_rest import ServeREST, http_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,21 +31,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def http_json(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        try:
-            return error.code, json.loads(raw)
-        except ValueError:
-            return error.code, raw.decode(errors="replace")
 
 
 class LocalRay:
@@ -91,6 +77,11 @@ class LocalRay:
     @property
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def serve(self) -> ServeREST:
+        """Deploys Serve configs on this head and waits for them."""
+        return ServeREST(self.dashboard)
 
     def start(self) -> "LocalRay":
         # Every port explicit: Ray's fixed defaults would collide with another head on this machine.
@@ -141,41 +132,8 @@ class LocalRay:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def serve_config(self, applications: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "proxy_location": "HeadOnly",
-            "http_options": {"host": "127.0.0.1", "port": self.serve_port},
-            "applications": applications,
-        }
-
-    def put_config(self, config: dict[str, Any]) -> None:
-        """PUT the Serve config to the dashboard's REST API, as KubeRay does."""
-        status, body = http_json("PUT", f"{self.dashboard}/api/serve/applications/", config)
-        if status != 200:
-            raise RuntimeError(f"Serve refused the config ({status}): {body}")
-
-    def deploy(self, config: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
-        """PUT the config and wait until every application is RUNNING."""
-        self.put_config(config)
-        return self.wait_running([app["name"] for app in config["applications"]], timeout)
-
-    def applications(self) -> dict[str, Any]:
-        _, body = http_json("GET", f"{self.dashboard}/api/serve/applications/")
-        return (body or {}).get("applications", {})
-
-    def wait_running(self, names: list[str], timeout: float = 600) -> dict[str, Any]:
-        deadline = time.time() + timeout
-        apps: dict[str, Any] = {}
-        while time.time() < deadline:
-            apps = self.applications()
-            states = {name: apps.get(name, {}).get("status") for name in names}
-            failed = {n: apps[n].get("message") for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
-            if failed:
-                raise RuntimeError(f"applications failed to deploy: {failed}")
-            if all(state == "RUNNING" for state in states.values()):
-                return apps
-            time.sleep(2)
-        raise TimeoutError(f"applications not RUNNING after {timeout}s: "
-                           f"{ {n: apps.get(n, {}).get('status') for n in names} }")
+        """A Serve config for this head: Serve on loopback at `serve_port`, one proxy (one node)."""
+        return build_serve_config(applications, host="127.0.0.1", port=self.serve_port, proxy_location="HeadOnly")
 
     def url(self, route_prefix: str = "/") -> str:
         return f"http://127.0.0.1:{self.serve_port}{route_prefix.rstrip('/')}"
@@ -244,7 +202,3 @@ def local_ray(**kwargs: Any) -> Iterator[LocalRay]:
         yield ray
     finally:
         ray.stop()
-
-
-def application(name: str, route_prefix: str, args: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "route_prefix": route_prefix, "import_path": "serving_app:typed_app_builder", "args": args}

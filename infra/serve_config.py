@@ -1,16 +1,33 @@
-"""serveConfigV2 from the typed stack config: one pure function, shared by the RayService, render and local mode."""
+"""serveConfigV2: the one builder of the document (`build_serve_config`, `application`) and the stack's own config
+(`serve_config`), shared by the RayService, render, local mode, the tests and the benchmarks."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
-
-import yaml
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from serving_app.serve_args import parse_serve_args
 
 from .config import StackConfig
 
 IMPORT_PATH = "serving_app:typed_app_builder"
+
+
+def application(name: str, route_prefix: str, args: dict[str, Any],
+                runtime_env: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """One application of our app (its `args` are ServeArgs fields)."""
+    entry: dict[str, Any] = {"name": name, "route_prefix": route_prefix, "import_path": IMPORT_PATH, "args": args}
+    if runtime_env:
+        entry["runtime_env"] = dict(runtime_env)
+    return entry
+
+
+def build_serve_config(applications: Iterable[dict[str, Any]], *, host: str, port: int,
+                       proxy_location: str) -> dict[str, Any]:
+    return {
+        "proxy_location": proxy_location,
+        "http_options": {"host": host, "port": port},
+        "applications": list(applications),
+    }
 
 
 def serve_config(
@@ -35,22 +52,6 @@ def serve_config(
                 changed["model_name"] = path  # served_model_name keeps the hub id clients already use
             args = parse_serve_args(changed, f"serve.applications[{index}].args").model_dump(
                 mode="json", exclude_none=True, exclude_defaults=True)
-        entry: dict[str, Any] = {
-            "name": app.name,
-            "route_prefix": app.route_prefix,
-            "import_path": IMPORT_PATH,
-            "args": args,
-        }
-        if app.runtime_env:
-            entry["runtime_env"] = dict(app.runtime_env)
-        applications.append(entry)
-    return {
-        # A proxy on every node: the serve Service reaches whichever pod it picks (KubeRay marks ready ones).
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": stack.serve.port},
-        "applications": applications,
-    }
-
-
-def serve_config_yaml(stack: StackConfig, **overrides: Any) -> str:
-    return yaml.safe_dump(serve_config(stack, **overrides), sort_keys=False)
+        applications.append(application(app.name, app.route_prefix, args, app.runtime_env))
+    # A proxy on every node: the serve Service reaches whichever pod it picks (KubeRay marks ready ones).
+    return build_serve_config(applications, host="0.0.0.0", port=stack.serve.port, proxy_location="EveryNode")

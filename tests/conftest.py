@@ -1,29 +1,42 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.engine_cases import ENGINE_CASES, available_engines, installed, serve_args
-from tests.serving import LocalRay, application
+from devtools.local_ray import LocalRay
+from infra.serve_config import application
+from serving_app.engines.registry import REGISTRY, EngineName, spec
+from tests.engine_cases import available_engines, installed, serve_args
 
 ROUTE = "/llm"  # not "/": the API must work under a route prefix, as the cpu stack's /cpu and /acpu
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--engine", action="append", default=None, choices=sorted(ENGINE_CASES),
-        help="engine(s) the API suite runs against (default: every engine importable in this environment)",
+        "--engine", action="append", default=None, choices=[engine.value for engine in REGISTRY],
+        help="engine(s) the API suite runs against (default: the engines whose registry environment this is, "
+             "or every engine importable here when this is none of them)",
     )
+
+
+def this_environments_engines() -> list[EngineName]:
+    """The registry's engines that run in the environment running pytest (none outside the project's venvs)."""
+    here = Path(sys.prefix).resolve()
+    return [engine for engine in REGISTRY if (REPO_ROOT / spec(engine).environment.venv).resolve() == here]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" in metafunc.fixturenames:
-        engines = metafunc.config.getoption("engine") or available_engines()
-        missing = [e for e in engines if not installed(ENGINE_CASES[e][0])]
+        requested = [EngineName(e) for e in metafunc.config.getoption("engine") or []]
+        # An engine of this environment that does not import is a broken environment, not a reason to skip.
+        engines = requested or this_environments_engines() or available_engines()
+        missing = [e.value for e in engines if not installed(e)]
         if missing:
             raise pytest.UsageError(f"engine(s) {missing} requested but not installed in this environment")
-        metafunc.parametrize("engine", engines, scope="session")
+        metafunc.parametrize("engine", [e.value for e in engines], scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +52,8 @@ def server(engine: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFacto
     """The app deployed on a local Ray from a Serve config, as KubeRay deploys serveConfigV2."""
     ray = LocalRay(num_cpus=4).start()
     try:
-        args = serve_args(engine, tiny_model, tmp_path_factory.mktemp(f"{engine}-work"))
-        ray.deploy(ray.serve_config([application("llm", ROUTE, args)]))
+        args = serve_args(EngineName(engine), tiny_model, tmp_path_factory.mktemp(f"{engine}-work"))
+        ray.serve.deploy(ray.serve_config([application("llm", ROUTE, args)]))
         yield ray
     finally:
         ray.stop()

@@ -1,4 +1,5 @@
-"""How the API suite runs each engine on the generated tiny model: the serve args, and any model preparation."""
+"""How the API suite runs each registry engine on the generated tiny model: the serve args, and any model
+preparation. Whether an engine can run here is the registry's `probe_module`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
+
+from serving_app.engines.registry import REGISTRY, EngineName, spec
 
 SERVED_MODEL = "tiny-llama"
 MAX_MODEL_LEN = 2048
@@ -50,26 +53,25 @@ def _onnxruntime(model_dir: Path, workdir: Path) -> dict[str, Any]:
     }
 
 
-# engine -> (module that must import in this environment, serve args builder)
-ENGINE_CASES: dict[str, tuple[str, Callable[[Path, Path], dict[str, Any]]]] = {
-    "vllm": ("vllm", _vllm),
-    "bigdl": ("bigdl.llm", _bigdl),
-    "onnxruntime": ("optimum.onnxruntime", _onnxruntime),
+# engine -> its serve args on (generated model, a work directory)
+ENGINE_CASES: dict[EngineName, Callable[[Path, Path], dict[str, Any]]] = {
+    EngineName.VLLM: _vllm,
+    EngineName.BIGDL: _bigdl,
+    EngineName.ONNXRUNTIME: _onnxruntime,
 }
 
 
-def installed(module: str) -> bool:
+def installed(engine: EngineName) -> bool:
     """find_spec of a dotted name imports its parent, which raises when the parent package is absent."""
     try:
-        return importlib.util.find_spec(module) is not None
+        return importlib.util.find_spec(spec(engine).probe_module) is not None
     except ModuleNotFoundError:
         return False
 
 
-def available_engines() -> list[str]:
-    return [name for name, (module, _) in ENGINE_CASES.items() if installed(module)]
+def available_engines() -> list[EngineName]:
+    return [engine for engine in REGISTRY if installed(engine)]
 
 
-def serve_args(engine: str, model_dir: Path, workdir: Path) -> dict[str, Any]:
-    _, build = ENGINE_CASES[engine]
-    return {"served_model_name": SERVED_MODEL, "num_cpus": 1, **build(model_dir, workdir)}
+def serve_args(engine: EngineName, model_dir: Path, workdir: Path) -> dict[str, Any]:
+    return {"served_model_name": SERVED_MODEL, "num_cpus": 1, **ENGINE_CASES[EngineName(engine)](model_dir, workdir)}

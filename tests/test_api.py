@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.engine_cases import MAX_MODEL_LEN, SERVED_MODEL
-from tests.serving import http_json
+from devtools.serve_rest import http_json
 
 LONG = MAX_MODEL_LEN - 64  # a generation that takes seconds on the tiny model
 

@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 
 import openai
+import pytest
 
+from devtools.local_mode import env_python
+from devtools.local_ray import REPO_ROOT, LocalRay, free_port
+from devtools.serve_rest import http_json
 from infra.config import load_stack
-from devtools.local_ray import REPO_ROOT, LocalRay, free_port, http_json
 
-CPU_ENVS = [REPO_ROOT / ".venv-bigdl" / "bin" / "python", REPO_ROOT / ".venv-onnx" / "bin" / "python"]
+pytestmark = pytest.mark.e2e
 
 
 def _local(env: dict[str, str], *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
@@ -24,7 +27,8 @@ def _local(env: dict[str, str], *args: str, timeout: float = 1800) -> subprocess
 
 
 def test_cpu_stack_serves_both_routes_locally_and_down_leaves_nothing(tmp_path: Path):
-    missing = [str(p) for p in CPU_ENVS if not p.exists()]
+    engines = {app.args.engine for app in load_stack("cpu").serve.applications}
+    missing = [str(env_python(engine)) for engine in engines if not env_python(engine).exists()]
     assert not missing, f"CPU engine environments missing: {missing}; run scripts/setup_envs.sh"
     env = {**os.environ, "INFRA_LOCAL_CACHE": str(tmp_path / "cache")}
     env.pop("RAY_ADDRESS", None)

@@ -65,3 +65,12 @@ def test_a_given_model_replaces_the_generated_one(tmp_path: Path):
     plan = local.plan("gpu", model=str(model), gpus=0)
     assert plan.apps[0].args.model_name == str(model)
     assert not any("random text" in note for note in plan.notes)
+
+
+def test_python_m_infra_local_is_an_alias_of_devtools_local(monkeypatch: pytest.MonkeyPatch):
+    from infra.__main__ import main as infra_main
+
+    seen = []
+    monkeypatch.setattr(local, "main", lambda argv: seen.append(argv) or 0)
+    assert infra_main(["local", "status", "--stack", "cpu"]) == 0
+    assert seen == [["status", "--stack", "cpu"]]

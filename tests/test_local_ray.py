@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from devtools.local_ray import LocalRay, http_json, local_ray
+from devtools.local_ray import LocalRay, local_ray
+from devtools.serve_rest import http_json
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving import pids_using, http_json
+from devtools.local_ray import pids_using
+from devtools.serve_rest import http_json
+
+pytestmark = pytest.mark.e2e
 
 
 def _engine_core_pids(temp_dir: Path) -> list[int]:
