@@ -354,9 +354,10 @@ def parse_stack_config(config: Mapping[str, Any], project: str = PROJECT) -> Sta
         key = full_key[len(prefix):]
         if key in SECRET_KEYS:
             continue
-        if isinstance(value, dict) and set(value) == {"secure"}:
+        value = _from_pulumi_value(value)
+        if isinstance(value, dict) and set(value) == {"secure"}:  # `pulumi config set --secret` on a plain key
             raise StackConfigError(f"{full_key}: only {', '.join(SECRET_KEYS)} may be secret config")
-        raw[key] = _from_pulumi_value(value)
+        raw[key] = value
     try:
         return StackConfig.model_validate(raw)
     except ValidationError as error:

@@ -73,6 +73,11 @@ def test_unknown_top_level_key():
     assert "llm-serving:replicaCount: Extra inputs are not permitted" in message
 
 
+def test_only_the_secret_keys_may_be_secret():
+    message = config_error("gpu", lambda v: v.update(namespace={"secure": "v1:AAAA"}))
+    assert message == "llm-serving:namespace: only hfToken, registryPassword may be secret config"
+
+
 def test_wrong_type_names_its_path():
     message = config_error("gpu", lambda v: v["headGroup"].update(cpu="lots"))
     assert "llm-serving:headGroup.cpu: Input should be a valid integer" in message
