@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from infra.config import MODELS_MOUNT, REPO_ROOT, StackConfigError, load_stack
+from infra.config import REPO_ROOT, StackConfigError, load_stack
 from infra.serve_config import application, build_serve_config, serve_config
+from infra.stack_sections import MODELS_MOUNT
 from serving_app.engines.registry import spec
 from serving_app.serve_args import EngineName, ServeArgs, TargetDevice
 

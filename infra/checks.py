@@ -9,9 +9,10 @@ from typing import Iterable
 from serving_app.engines.registry import image_engine
 from serving_app.placement import replica_demand
 
-from .config import MODELS_MOUNT, REPO_ROOT, NodeGroup, StackConfig
+from .config import REPO_ROOT, StackConfig
 from .dockerfile import UnresolvedArg, arg_defaults, copied_requirement_files, dockerfile_args, ray_pins
 from .manifests import DIRECT_INGRESS_PORTS, RAY_PORTS
+from .stack_sections import MODELS_MOUNT, NodeGroup
 
 
 class StackCheckError(ValueError):

@@ -11,7 +11,8 @@ import pulumi_docker as docker
 
 from serving_app.serve_args import TargetDevice
 
-from .config import REPO_ROOT, ImageSpec, Registry
+from .config import REPO_ROOT
+from .stack_sections import ImageSpec, Registry
 
 
 def image_slug(hardware: TargetDevice) -> str:

@@ -11,7 +11,8 @@ from typing import Any, Mapping, Optional
 
 from serving_app.serve_args import TargetDevice
 
-from .config import MODELS_MOUNT, NodeGroup, StackConfig
+from .config import StackConfig
+from .stack_sections import MODELS_MOUNT, NodeGroup
 
 HF_TOKEN_KEY = "HF_TOKEN"
 RAY_UID = 1000  # the `ray` user of images/*/Dockerfile

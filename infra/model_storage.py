@@ -8,7 +8,7 @@ from typing import Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .config import ModelStorage
+from .stack_sections import ModelStorage
 
 
 @dataclass

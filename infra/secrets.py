@@ -10,8 +10,8 @@ from typing import Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .config import Registry
 from .manifests import HF_TOKEN_KEY
+from .stack_sections import Registry
 
 
 def dockerconfigjson(server: str, username: str, password: str) -> str:

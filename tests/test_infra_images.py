@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.config import REPO_ROOT, load_stack
 from infra.dockerfile import UnresolvedArg, arg_defaults, copied_requirement_files, dockerfile_args, ray_pins
-from infra.config import CLUSTER_HARDWARE, REPO_ROOT, load_stack
+from infra.stack_sections import CLUSTER_HARDWARE
 from tests.infra_helpers import STACKS
 
 DOCKERFILES = sorted((REPO_ROOT / "images").glob("*/Dockerfile"))

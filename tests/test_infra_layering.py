@@ -10,6 +10,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module, forbidden", [
+    ("infra.stack_sections", ["pulumi", "infra.config"]),
     ("infra.config", ["pulumi"]),
     ("infra.dockerfile", ["pulumi", "infra.config"]),
     ("infra.checks", ["pulumi"]),

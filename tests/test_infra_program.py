@@ -11,9 +11,7 @@ import yaml
 from pulumi.runtime import rpc
 from pulumi.runtime.settings import get_root_resource
 
-from infra.config import (
-    KUBERAY_CHART_VERSION, KUBERAY_REPO, REPO_ROOT, ImageSpec, ModelStorage, Registry, load_stack,
-)
+from infra.config import KUBERAY_CHART_VERSION, KUBERAY_REPO, REPO_ROOT, load_stack
 from infra.images import ServingImages, ServingImagesArgs
 from infra.kuberay import KubeRayOperator, KubeRayOperatorArgs
 from infra.mocks import IMAGE_TYPE, RecordingMocks, use_mocks
@@ -22,6 +20,7 @@ from infra.program import main
 from infra.ray_service import _minutes
 from infra.secrets import ServingSecrets, ServingSecretsArgs
 from infra.serve_config import serve_config
+from infra.stack_sections import ImageSpec, ModelStorage, Registry
 from serving_app.serve_args import TargetDevice
 from tests.infra_helpers import (
     FAKE_HF_TOKEN, FAKE_REGISTRY_PASSWORD, SECRETS, STACKS, pulumi_config, stack_document, with_values,

@@ -1,0 +1,274 @@
+"""The sections of a stack file (node groups, images, model storage, Serve, dashboard, RayService options), one
+strict pydantic model each; `infra.config.StackConfig` puts them together."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from serving_app.enums import TargetDevice
+from serving_app.serve_args import ServeArgs
+
+MODELS_MOUNT = "/models"
+GPU_RESOURCE_NAMES = {TargetDevice.NVIDIA: "nvidia.com/gpu", TargetDevice.AMD_GPU: "amd.com/gpu"}
+# Hardware a node group can be; TargetDevice.CPU (vLLM's CPU build) is for local mode only.
+CLUSTER_HARDWARE = (TargetDevice.NVIDIA, TargetDevice.AMD_GPU, TargetDevice.INTEL, TargetDevice.AMD)
+
+# Build args the program always passes (asserted by the Dockerfiles), by the stack key they come from.
+RESERVED_BUILD_ARGS = {"RAY_VERSION": "rayVersion", "PYTHON_VERSION": "pythonVersion"}
+
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DURATION = r"^([0-9]+(h|m|s))+$"
+
+
+class StrictModel(BaseModel):
+    """camelCase keys as written in the stack files; an unknown key is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class Toleration(StrictModel):
+    key: Optional[str] = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: Optional[str] = None
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
+    toleration_seconds: Optional[int] = None
+
+
+class NodeGroup(StrictModel):
+    """One kind of Ray node: pod size (requests = limits) and what Ray may schedule on it."""
+
+    hardware: TargetDevice
+    cpu: int = Field(gt=0, description="CPU cores of the pod; also Ray's num-cpus unless rayCpus is set.")
+    memory: str = Field(pattern=QUANTITY)
+    gpus: int = Field(default=0, ge=0)
+    gpu_resource: Optional[str] = Field(default=None, description="Kubernetes extended resource; from hardware.")
+    ray_cpus: Optional[float] = Field(default=None, ge=0, description="Ray num-cpus; 0 keeps replicas off.")
+    ray_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per node.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    runtime_class_name: Optional[str] = None
+    # vLLM's tensor-parallel workers exchange tensors through /dev/shm; Docker's 64M default is far too small.
+    shm_size: str = Field(default="16Gi", pattern=QUANTITY)
+    ray_tmp_size: str = Field(default="50Gi", pattern=QUANTITY)
+    supplemental_groups: list[int] = Field(default_factory=list, description="e.g. video/render for ROCm.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra non-secret environment variables.")
+
+    @field_validator("ray_resources")
+    @classmethod
+    def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"{name}: set with cpu / gpus / rayCpus, not as a custom resource")
+            if amount <= 0:
+                raise ValueError(f"{name} must be positive, got {amount}")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _no_secrets_in_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name == "HF_TOKEN" or any(word in name.upper() for word in ("TOKEN", "PASSWORD", "SECRET")):
+                raise ValueError(f"{name}: secrets come from secret config (hfToken), never from plain env")
+        return value
+
+    @model_validator(mode="after")
+    def _gpus_match_hardware(self) -> "NodeGroup":
+        if self.hardware not in CLUSTER_HARDWARE:
+            raise ValueError(f"hardware {self.hardware.value!r} is for local mode; use one of "
+                             f"{', '.join(h.value for h in CLUSTER_HARDWARE)}")
+        if self.hardware.is_gpu and self.gpus < 1:
+            raise ValueError(f"a {self.hardware.value} node group needs gpus >= 1")
+        if not self.hardware.is_gpu and self.gpus:
+            raise ValueError(f"gpus must be 0 on CPU hardware {self.hardware.value}")
+        if self.gpu_resource is None and self.hardware.is_gpu:
+            self.gpu_resource = GPU_RESOURCE_NAMES[self.hardware]
+        return self
+
+    def ray_capacity(self) -> dict[str, float]:
+        """What Ray on one node of this group can hand out (num-cpus, num-gpus, custom resources)."""
+        capacity = {"CPU": float(self.cpu if self.ray_cpus is None else self.ray_cpus)}
+        if self.gpus:
+            capacity["GPU"] = float(self.gpus)
+        capacity.update(self.ray_resources)
+        return capacity
+
+
+class WorkerGroup(NodeGroup):
+    name: str = Field(pattern=DNS_LABEL, max_length=40)
+    replicas: int = Field(default=1, ge=0)
+    # A disabled entry stays validated (so enabling it is safe) but deploys nothing.
+    enabled: bool = True
+
+
+class ImageSpec(StrictModel):
+    """One serving image: built from a Dockerfile in this repository, or a prebuilt reference by digest."""
+
+    dockerfile: Optional[str] = Field(default=None, description="Path from the repository root.")
+    reference: Optional[str] = Field(default=None, description="Prebuilt image, repository@sha256:...")
+    ray_version: Optional[str] = Field(default=None, description="Prebuilt only: the Ray the image carries.")
+    python_version: Optional[str] = Field(default=None, description="Prebuilt only: the image's Python X.Y.")
+    platform: str = "linux/amd64"
+    build_args: dict[str, str] = Field(
+        default_factory=dict, description="Docker build args, e.g. {ENGINE: bigdl}; merged with Ray/Python's."
+    )
+
+    def docker_build_args(self, ray_version: str, python_version: str) -> dict[str, str]:
+        """What the build gets: buildArgs plus the stack's versions (which the Dockerfiles assert)."""
+        return {**self.build_args, "RAY_VERSION": ray_version, "PYTHON_VERSION": python_version}
+
+    @field_validator("build_args")
+    @classmethod
+    def _user_build_args(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name}: not a Dockerfile ARG name (letters, digits, _)")
+            if name in RESERVED_BUILD_ARGS:
+                # The program passes the stack's versions and the build asserts them: one source of truth.
+                raise ValueError(f"{name}: set from the stack's {RESERVED_BUILD_ARGS[name]}, not in buildArgs")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ImageSpec":
+        if (self.dockerfile is None) == (self.reference is None):
+            raise ValueError("give exactly one of dockerfile (build and push) or reference (prebuilt)")
+        if self.reference is not None:
+            if not re.search(r"@sha256:[0-9a-f]{64}$", self.reference):
+                raise ValueError("reference must pin a digest (repository@sha256:<64 hex>) so pods run what was tested")
+            if self.ray_version is None or self.python_version is None:
+                raise ValueError("a prebuilt reference must declare rayVersion and pythonVersion (checked)")
+            if self.build_args:
+                raise ValueError("buildArgs applies to a dockerfile build, not a prebuilt reference")
+        elif self.ray_version is not None or self.python_version is not None:
+            raise ValueError("rayVersion/pythonVersion are read from the Dockerfile; set them only for a reference")
+        return self
+
+
+class Registry(StrictModel):
+    server: str = Field(min_length=1, description="Registry host, e.g. registry.example.com")
+    repository: str = Field(min_length=1, description="Image name prefix, e.g. registry.example.com/llm")
+    username: str = Field(min_length=1)
+    tag: Optional[str] = Field(default=None, description="Defaults to ray<rayVersion>-py<pythonVersion>.")
+
+
+class KubeRay(StrictModel):
+    install: bool = Field(default=True, description="False where the operator is already installed.")
+    namespace: str = Field(default="kuberay-system", pattern=DNS_LABEL)
+    values: dict[str, Any] = Field(default_factory=dict, description="Extra Helm values.")
+
+
+class NfsVolume(StrictModel):
+    server: str = Field(min_length=1)
+    path: str = Field(pattern=r"^/")
+    size: str = Field(pattern=QUANTITY)
+    access_mode: Literal["ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce"] = "ReadOnlyMany"
+    mount_options: list[str] = Field(default_factory=list)
+
+
+class ModelStorage(StrictModel):
+    nfs: Optional[NfsVolume] = None
+    existing_claim: Optional[str] = Field(default=None, pattern=DNS_LABEL)
+    read_only: bool = True
+    hf_cache_dir: Optional[str] = Field(
+        default=None, description="HF_HOME under /models, so hub downloads survive pod restarts (needs writes)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelStorage":
+        if (self.nfs is None) == (self.existing_claim is None):
+            raise ValueError("give exactly one of nfs (a new PersistentVolume) or existingClaim")
+        if self.nfs is not None and self.nfs.access_mode == "ReadOnlyMany" and not self.read_only:
+            raise ValueError("readOnly: false needs nfs.accessMode ReadWriteMany or ReadWriteOnce")
+        if self.hf_cache_dir is not None:
+            if not self.hf_cache_dir.startswith(MODELS_MOUNT + "/"):
+                raise ValueError(f"hfCacheDir must be under {MODELS_MOUNT}/")
+            if self.read_only:
+                raise ValueError("hfCacheDir needs a writable volume (readOnly: false)")
+        return self
+
+
+class ServeApp(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_]*$")
+    route_prefix: str = Field(pattern=r"^/")
+    args: ServeArgs
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="Ray runtime_env (no secrets).")
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in (value.get("env_vars") or {}):
+            if any(word in name.upper() for word in ("TOKEN", "PASSWORD", "SECRET")):
+                raise ValueError(f"env_vars.{name}: secrets never go into serveConfigV2 (HF_TOKEN is injected)")
+        return value
+
+
+ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
+
+
+class ServeService(StrictModel):
+    type: ServiceType = "ClusterIP"
+    node_port: Optional[int] = Field(default=None, ge=30000, le=32767)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _node_port(self) -> "ServeService":
+        if self.node_port is not None and self.type == "ClusterIP":
+            raise ValueError("nodePort needs type NodePort or LoadBalancer")
+        return self
+
+
+class Serve(StrictModel):
+    port: int = Field(default=8000, ge=1024, le=65535)
+    service: ServeService = Field(default_factory=ServeService)
+    applications: list[ServeApp] = Field(min_length=1)
+
+
+class Dashboard(StrictModel):
+    # The dashboard accepts job submissions (arbitrary code) without authentication unless token auth is on.
+    service_type: ServiceType = "ClusterIP"
+    auth: Literal["disabled", "token"] = "disabled"
+    allow_unauthenticated_exposure: bool = False
+
+    @model_validator(mode="after")
+    def _not_public_without_auth(self) -> "Dashboard":
+        if self.service_type != "ClusterIP" and self.auth != "token" and not self.allow_unauthenticated_exposure:
+            raise ValueError(
+                f"serviceType {self.service_type} exposes the Ray dashboard, which runs submitted jobs without "
+                "authentication; set auth: token, or allowUnauthenticatedExposure: true to accept that"
+            )
+        return self
+
+
+class IncrementalUpgradeOptions(StrictModel):
+    gateway_class_name: str
+    interval_seconds: int = Field(ge=1)
+    step_size_percent: int = Field(ge=1, le=100)
+    max_surge_percent: int = Field(default=100, ge=1, le=100)
+
+
+class UpgradeStrategy(StrictModel):
+    # None: never a second cluster (no 2x GPUs); a rayClusterConfig change makes Pulumi replace the RayService.
+    type: Literal["None", "NewCluster", "NewClusterWithIncrementalUpgrade"] = "None"
+    cluster_upgrade_options: Optional[IncrementalUpgradeOptions] = None
+
+    @model_validator(mode="after")
+    def _options(self) -> "UpgradeStrategy":
+        incremental = self.type == "NewClusterWithIncrementalUpgrade"
+        if incremental and self.cluster_upgrade_options is None:
+            raise ValueError("NewClusterWithIncrementalUpgrade needs clusterUpgradeOptions (Gateway API class etc.)")
+        if not incremental and self.cluster_upgrade_options is not None:
+            raise ValueError("clusterUpgradeOptions only applies to NewClusterWithIncrementalUpgrade")
+        return self
+
+
+class RayServiceOptions(StrictModel):
+    name: str = Field(default="llm-serving", pattern=DNS_LABEL, max_length=40)
+    upgrade_strategy: UpgradeStrategy = Field(default_factory=UpgradeStrategy)
+    # KubeRay gives up on (and recreates) a cluster that is not ready by then; a 70B load from NFS takes a while.
+    initializing_timeout: str = Field(default="60m", pattern=DURATION)
+    # How long `pulumi up` waits for the Ready condition.
+    pulumi_timeout: str = Field(default="90m", pattern=DURATION)
