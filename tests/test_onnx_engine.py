@@ -22,10 +22,12 @@ from serving_app.engines.onnxruntime.convert import resolve_quantization  # noqa
 from serving_app.engines.onnxruntime.engine import OnnxRuntimeEngine  # noqa: E402
 from serving_app.engines.onnxruntime.kv_cache import SharedKVCacheModel  # noqa: E402
 from serving_app.engines.onnxruntime.model_dir import OnnxModelError, resolve_onnx_model  # noqa: E402
+from serving_app.engines.options import OnnxRuntimeOptions  # noqa: E402
 from serving_app.serve_args import parse_serve_args  # noqa: E402
 from tests.engine_cases import convert_to_onnx  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = OnnxRuntimeOptions()  # the engine's default engine_kwargs: refuse what is not converted
 
 
 def convert(*args: str) -> subprocess.CompletedProcess:
@@ -106,41 +108,41 @@ def test_an_existing_output_is_kept_unless_forced(tiny_model: Path, converted: d
 
 def test_the_engine_refuses_a_plain_hugging_face_model_with_the_command_to_convert_it(tiny_model: Path):
     with pytest.raises(OnnxModelError) as refused:
-        resolve_onnx_model(str(tiny_model), "int8")
+        resolve_onnx_model(str(tiny_model), "int8", DEFAULTS)
     message = str(refused.value)
     assert "is a Hugging Face model directory" in message
     assert f"python -m serving_app.convert onnx --model {tiny_model} --out {tiny_model}-onnx-int8" in message
     assert "engine_kwargs.convert: true" in message
     with pytest.raises(OnnxModelError, match="is not a local directory"):
-        resolve_onnx_model("meta-llama/Llama-2-7b-hf", "int8")
+        resolve_onnx_model("meta-llama/Llama-2-7b-hf", "int8", DEFAULTS)
 
 
 def test_the_engine_refuses_the_wrong_precision_and_foreign_onnx_files(converted: dict[str, Path], tmp_path: Path):
     with pytest.raises(OnnxModelError, match="holds a float32 ONNX model but data_type is int8"):
-        resolve_onnx_model(str(converted["float32"]), "int8")
+        resolve_onnx_model(str(converted["float32"]), "int8", DEFAULTS)
     foreign = Path(shutil.copytree(converted["int8"], tmp_path / "foreign"))
     (foreign / artifacts.MARKER).unlink()
     with pytest.raises(OnnxModelError, match="not produced by serving_app.convert"):
-        resolve_onnx_model(str(foreign), "int8")
+        resolve_onnx_model(str(foreign), "int8", DEFAULTS)
     older = Path(shutil.copytree(converted["int8"], tmp_path / "older"))
     marker = json.loads((older / artifacts.MARKER).read_text())
     del marker["kv_cache"]  # as serving_app.convert wrote it before attention was rewritten
     (older / artifacts.MARKER).write_text(json.dumps(marker))
     with pytest.raises(OnnxModelError, match="older serving_app.convert.*convert again.*--force"):
-        resolve_onnx_model(str(older), "int8")
+        resolve_onnx_model(str(older), "int8", DEFAULTS)
     damaged = Path(shutil.copytree(converted["int8"], tmp_path / "damaged"))
     (damaged / "model.onnx").write_bytes(b"")
     with pytest.raises(OnnxModelError, match="damaged or partial.*--force"):
-        resolve_onnx_model(str(damaged), "int8")
+        resolve_onnx_model(str(damaged), "int8", DEFAULTS)
 
 
 def test_convert_true_converts_once_at_startup(tiny_model: Path, tmp_path: Path):
     model = Path(shutil.copytree(tiny_model, tmp_path / "hf", ignore=shutil.ignore_patterns(".*")))
-    directory, record = resolve_onnx_model(str(model), "int8", convert=True)
+    directory, record = resolve_onnx_model(str(model), "int8", OnnxRuntimeOptions(convert=True))
     # The default target is this node's CPU (auto): the cache is keyed by what it resolved to.
     target = resolve_quantization("auto")
     assert directory == model / ".onnx-cache" / f"int8-{target}" and record["quantization"] == target
-    again, second = resolve_onnx_model(str(model), "int8", convert=True)
+    again, second = resolve_onnx_model(str(model), "int8", OnnxRuntimeOptions(convert=True))
     assert again == directory and second["build_id"] == record["build_id"], "converted twice"
 
 

@@ -1,4 +1,4 @@
-"""BigDL-LLM's `BatchModel`: the running rows' KV cache in the Hugging Face legacy layout.
+"""BigDL-LLM's `BatchModel`: the running rows' KV cache in Hugging Face's tuple layout (transformers' "legacy cache").
 
 The cache is a tuple (one entry per layer) of tuples of tensors shaped [batch, heads, time, head_dim], rows
 left-padded to a common width with an attention mask, and position ids from each row's own length, so a row's
@@ -17,7 +17,7 @@ Past = Any  # tuple[tuple[torch.Tensor, ...], ...]
 
 
 class Forward(Protocol):
-    """What `LeftPaddedBatch` runs: a forward over the legacy cache layout."""
+    """What `LeftPaddedBatch` runs: a forward over the tuple cache layout."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 past: Optional[Past]) -> tuple[torch.Tensor, Past]:
@@ -26,7 +26,7 @@ class Forward(Protocol):
 
 
 class HFCausalLM:
-    """A transformers causal LM (BigDL-LLM's optimised models are ones): its forward over the legacy cache layout."""
+    """A transformers causal LM (BigDL-LLM's optimised models are ones): its forward over the tuple cache layout."""
 
     def __init__(self, model: Any):
         self.model = model

@@ -1,4 +1,4 @@
-"""Convert a Hugging Face model for a CPU engine before serving it.
+"""Convert a Hugging Face model for the ONNX Runtime engine before serving it.
 
     python -m serving_app.convert [onnx] --model MODEL --out DIR [--no-quantize] [--quantization avx2] [--force]
 
@@ -107,9 +107,8 @@ def _rewrite_attention(path: Path, model: str) -> None:
         raise ConversionError(f"rewriting {model}'s attention for an in-place KV cache failed: {error}") from error
 
 
-def convert_onnx(model: str, out: Path, *, quantize: bool = True, quantization: str = "avx2",
-                 overwrite: bool = False, trust_remote_code: bool = False,
-                 meta: Optional[dict[str, Any]] = None) -> Path:
+def convert_onnx(model: str, out: Path, *, quantize: bool, quantization: str, overwrite: bool = False,
+                 trust_remote_code: bool = False) -> Path:
     """Export + quantize `model` into `out` atomically; returns `out`. Raises ConversionError."""
     out = Path(out)
     if quantization not in QUANTIZATION_TARGETS:
@@ -172,7 +171,6 @@ def convert_onnx(model: str, out: Path, *, quantize: bool = True, quantization: 
             "kv_cache": KV_CACHE_LAYOUT,
             "versions": _versions(),
             **artifacts.source_fingerprint(model),
-            **(meta or {}),
         }
         artifacts.seal(staging, record)
         if overwrite and out.exists():
@@ -184,17 +182,16 @@ def convert_onnx(model: str, out: Path, *, quantize: bool = True, quantization: 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving_app.convert", description=__doc__.splitlines()[0])
-    # One conversion so far; naming it keeps room for others.
+    # Optional: `python -m serving_app.convert --model ...` and `... convert onnx --model ...` both work.
     parser.add_argument("target", nargs="?", choices=["onnx"], default="onnx",
                         help="onnx: Optimum ONNX export + ONNX Runtime dynamic int8 (AMD CPU engine)")
-    onnx = parser
-    onnx.add_argument("--model", required=True, help="Hugging Face model directory or hub id")
-    onnx.add_argument("--out", required=True, type=Path, help="directory to create")
-    onnx.add_argument("--no-quantize", action="store_true", help="keep float32 weights (data_type float32)")
-    onnx.add_argument("--quantization", choices=QUANTIZATION_TARGETS, default="avx2",
-                      help="int8 kernel target (default avx2: any x86-64 CPU; auto: this machine's best)")
-    onnx.add_argument("--force", action="store_true", help="replace an existing output directory")
-    onnx.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    parser.add_argument("--model", required=True, help="Hugging Face model directory or hub id")
+    parser.add_argument("--out", required=True, type=Path, help="directory to create")
+    parser.add_argument("--no-quantize", action="store_true", help="keep float32 weights (data_type float32)")
+    parser.add_argument("--quantization", choices=QUANTIZATION_TARGETS, default="avx2",
+                        help="int8 kernel target (default avx2: any x86-64 CPU; auto: this machine's best)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     options = parser.parse_args(argv)
     try:
         out = convert_onnx(options.model, options.out, quantize=not options.no_quantize,
@@ -205,7 +202,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     print(out)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,10 +36,7 @@ class OnnxRuntimeEngine(BatchingEngine):
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         directory, record = resolve_onnx_model(
-            self.args.model_name, onnx_data_type(self.args.data_type == DataType.INT8),
-            convert=self.options.convert, cache_dir=self.options.onnx_cache_dir,
-            quantization=self.options.quantization,
-        )
+            self.args.model_name, onnx_data_type(self.args.data_type == DataType.INT8), self.options)
         self.model_dir = directory
         options = onnxruntime.SessionOptions()
         # The replica's reserved CPUs, not every core of the node (ONNX Runtime's default).

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ... import artifacts
+from ..options import OnnxRuntimeOptions
 from .attention_rewrite import KV_CACHE_LAYOUT
 from .convert import ONNX_KIND, ConversionError, convert_command, convert_onnx, resolve_quantization
 
@@ -23,9 +24,8 @@ class OnnxModelError(ValueError):
     """The engine's model_name is not something it can serve; the message says what to do."""
 
 
-def resolve_onnx_model(model_name: str, data_type: str, convert: bool = False, cache_dir: Optional[str] = None,
-                       quantization: str = "auto") -> tuple[Path, dict[str, Any]]:
-    """The converted directory to serve and its marker, converting first when `convert` allows it."""
+def resolve_onnx_model(model_name: str, data_type: str, options: OnnxRuntimeOptions) -> tuple[Path, dict[str, Any]]:
+    """The converted directory to serve and its marker, converting first when `options.convert` allows it."""
     path = Path(model_name)
     quantize = data_type == "int8"
     out = f"{model_name.rstrip('/')}-onnx-{data_type}" if path.is_dir() else f"{path.name}-onnx-{data_type}"
@@ -56,14 +56,14 @@ def resolve_onnx_model(model_name: str, data_type: str, convert: bool = False, c
         raise OnnxModelError(f"{path} is not a directory")
     else:
         what = f"{model_name} is not a local directory (hub ids must be converted first)"
-    if not convert:
+    if not options.convert:
         raise OnnxModelError(f"{what}. The onnxruntime engine serves models converted by: {suggestion} (then set "
                              f"model_name to that directory), or set engine_kwargs.convert: true to convert it when "
                              f"the replica starts")
 
-    quantization = resolve_quantization(quantization)  # this node's CPU: it serves what it converts
+    quantization = resolve_quantization(options.quantization)  # this node's CPU: it serves what it converts
     final = artifacts.cache_location(model_name, "onnx", f"{data_type}-{quantization}" if quantize else data_type,
-                                     cache_dir)
+                                     options.onnx_cache_dir)
     expect = {"kind": ONNX_KIND, "data_type": data_type, "kv_cache": KV_CACHE_LAYOUT,
               **artifacts.source_fingerprint(model_name)}
     record, why = artifacts.inspect(final, expect)
