@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pulumi
 from pulumi.runtime.stack import register_stack_transformation
@@ -66,13 +67,17 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return found[0]
 
 
-def use_mocks(mocks: RecordingMocks, stack: str) -> asyncio.AbstractEventLoop:
-    """Fresh runtime state and event loop with `mocks` in place of the engine; returns the loop (to close)."""
+@contextmanager
+def mocked(mocks: RecordingMocks, stack: str) -> Iterator[RecordingMocks]:
+    """Fresh runtime state and event loop with `mocks` in place of the engine, for the block."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     pulumi.runtime.reset_options()
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
-    return loop
+    try:
+        yield mocks
+    finally:
+        loop.close()
 
 
 def run_with_mocks(program: Callable[[], Any], mocks: RecordingMocks, stack: str, config: dict[str, str],
@@ -83,9 +88,6 @@ def run_with_mocks(program: Callable[[], Any], mocks: RecordingMocks, stack: str
         register_stack_transformation(mocks.declare)  # runs in each resource's constructor: program order
         return program()
 
-    loop = use_mocks(mocks, stack)
-    pulumi.runtime.set_all_config(config, secret_keys)
-    try:
+    with mocked(mocks, stack):
+        pulumi.runtime.set_all_config(config, secret_keys)
         pulumi.runtime.test(declaring)()
-    finally:
-        loop.close()

@@ -7,6 +7,8 @@ import copy
 from pathlib import Path
 from typing import Any, Callable
 
+from pulumi.runtime import rpc
+
 from infra.config import (
     KUBERAY_CHART_VERSION, PROJECT, StackConfig, parse_stack_config, read_stack_file, to_pulumi_config,
 )
@@ -14,6 +16,7 @@ from infra.config import (
 STACKS = ("gpu", "cpu")
 FAKE_HF_TOKEN = "hf_FAKEtokenForInfraTests_7c1e9a"
 FAKE_REGISTRY_PASSWORD = "FAKE-registry-Passw0rd-5d2f"
+SECRET = "kubernetes:core/v1:Secret"
 SECRETS = {f"{PROJECT}:hfToken": FAKE_HF_TOKEN, f"{PROJECT}:registryPassword": FAKE_REGISTRY_PASSWORD}
 # The CRDs of the operator version the stacks install.
 CRD_DIR = Path(__file__).parent / "fixtures" / "kuberay-crds" / f"v{KUBERAY_CHART_VERSION}"
@@ -45,3 +48,14 @@ def pulumi_config(document: dict[str, Any], secrets: bool = True) -> dict[str, s
     if secrets:
         config.update(SECRETS)
     return config
+
+
+def plain(value):
+    """Inputs with Pulumi-secret wrappers removed (to search them)."""
+    if rpc.is_rpc_secret(value):
+        return plain(rpc.unwrap_rpc_secret(value))
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
