@@ -7,10 +7,13 @@ import copy
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 from pulumi.runtime import rpc
 
+from infra.checks import run_checks
 from infra.config import (
-    KUBERAY_CHART_VERSION, PROJECT, StackConfig, parse_stack_config, read_stack_file, to_pulumi_config,
+    KUBERAY_CHART_VERSION, PROJECT, StackConfig, StackConfigError, parse_stack_config, read_stack_file,
+    to_pulumi_config,
 )
 
 STACKS = ("gpu", "cpu")
@@ -41,6 +44,18 @@ def with_values(stack: str, edit: Callable[[dict[str, Any]], None]) -> dict[str,
 
 def parse_document(document: dict[str, Any]) -> StackConfig:
     return parse_stack_config(to_pulumi_config(document))
+
+
+def problems_of(stack: str, edit: Callable[[dict[str, Any]], None]) -> str:
+    """Every preview-check problem of the stack file with `edit` applied, one a line."""
+    return "\n".join(run_checks(parse_document(with_values(stack, edit))))
+
+
+def config_error(stack: str, edit: Callable[[dict[str, Any]], None]) -> str:
+    """The validation message of the stack file with `edit` applied (which must fail)."""
+    with pytest.raises(StackConfigError) as error:
+        parse_document(with_values(stack, edit))
+    return str(error.value)
 
 
 def pulumi_config(document: dict[str, Any], secrets: bool = True) -> dict[str, str]:
