@@ -25,7 +25,7 @@ from .stack_sections import (
 PROJECT = "llm-serving"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Read with `pulumi.Config().require_secret`, never into these plain models.
+# Read by the program as Pulumi secrets (infra/program.py), never into the plain models.
 SECRET_KEYS = ("hfToken", "registryPassword")
 
 KUBERAY_CHART = "kuberay-operator"

@@ -48,13 +48,11 @@ def _ray_start_params(group: NodeGroup, head: bool) -> dict[str, str]:
 
 
 # Ray starts its workers (Serve replicas and the engines they spawn) at nice 15, so on a busy node they yield the
-# CPU to Ray's own daemons: measured 0.75-0.91x bare vLLM's throughput at 15, 1.09-1.14x at 0
-# (benchmarks/RESULTS.md, issue 5). A node group's `env` may still override it.
+# CPU to Ray's own daemons and the engines lose throughput; a node group's `env` may still override it.
 #
-# Serve's own high-throughput mode (Ray >= 2.56): HAProxy (C) takes port 8000 in place of the Python proxy actor and
-# forwards to the replicas, which serve HTTP themselves (direct ingress); Serve's request path runs without its
-# extra thread hop. On 4x H200 the Python proxy alone capped a 7B replica at 0.93x bare vLLM's throughput with
-# +0.5 s TTFT at 256 streams (benchmarks/RESULTS.md, issue 6).
+# Serve's high-throughput mode (Ray >= 2.56): HAProxy takes the serve port in place of the Python proxy actor, which
+# alone kept a GPU replica below bare vLLM's throughput, and forwards to the replicas, which serve HTTP themselves
+# (direct ingress); Serve's request path runs without its extra thread hop. Measurements: benchmarks/RESULTS.md.
 RAY_SERVING_ENV = {"RAY_worker_niceness": "0", "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 # Ports Ray itself binds on every pod (GCS, dashboard, client, metrics, dashboard agent used by KubeRay's probes);

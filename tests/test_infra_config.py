@@ -7,7 +7,7 @@ from infra.config import load_stack
 from tests.infra_helpers import config_error, parse_document, with_values
 
 
-def test_gpu_stack_reproduces_the_reference_cluster():
+def test_gpu_stack_describes_the_cluster_it_targets():
     config = load_stack("gpu")
     head = config.head_group
     assert (head.cpu, head.memory, head.gpus, head.gpu_resource) == (160, "300G", 8, "nvidia.com/gpu")
@@ -25,7 +25,7 @@ def test_gpu_stack_reproduces_the_reference_cluster():
     assert config.serve.port == 8000
 
 
-def test_cpu_stack_reproduces_the_reference_cluster():
+def test_cpu_stack_describes_the_cluster_it_targets():
     config = load_stack("cpu")
     vendor = "feature.node.kubernetes.io/cpu-model.vendor_id"
     assert config.head_group.node_selector[vendor] == "Intel"

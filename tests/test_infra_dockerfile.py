@@ -44,3 +44,9 @@ def test_unresolvable_references_are_errors():
         copied_requirement_files(RESOLVE.replace("ARG GLOBAL=from-global", "ARG GLOBAL"))
     assert copied_requirement_files(RESOLVE.replace("ARG GLOBAL=from-global", "ARG GLOBAL"), {"GLOBAL": "set"})[1] \
         == "requirements/set.txt"
+
+
+def test_env_in_both_forms_reaches_later_instructions():
+    # `ENV K=V ...` and Docker's older `ENV K V` (the rest of the line is the value).
+    dockerfile = "FROM base\nENV DIR=requirements EXT=.txt\nENV NAME bigdl\nCOPY ${DIR}/${NAME}${EXT} /tmp/\n"
+    assert copied_requirement_files(dockerfile) == ["requirements/bigdl.txt"]

@@ -148,8 +148,8 @@ def test_render_command_line(tmp_path):
 
 
 def test_ray_workers_run_at_normal_priority_behind_haproxy(rendered):
-    """Ray's default nice 15 for workers costs the engines their CPU (issue 5); Serve's Python proxy capped a GPU
-    replica at 0.93x bare vLLM (issue 6): every Ray container runs Serve's HAProxy ingress (benchmarks/RESULTS.md)."""
+    """Every Ray container runs its workers at nice 0 behind Serve's HAProxy ingress (why: RAY_SERVING_ENV in
+    infra/manifests.py)."""
     _, paths = rendered
     spec = next(doc for doc in documents(paths) if doc["kind"] == "RayService")["spec"]["rayClusterConfig"]
     groups = [spec["headGroupSpec"]] + spec.get("workerGroupSpecs", [])
