@@ -128,23 +128,6 @@ def check_routes_and_ports(stack: StackConfig) -> list[str]:
     return problems
 
 
-def check_rendered_ports(stack: StackConfig, spec: dict, serve: dict) -> list[str]:
-    """The serve port agrees everywhere it is written: Serve's http_options, each Ray container, the Service."""
-    port = serve["http_options"]["port"]
-    problems = []
-    groups = [("head", spec["rayClusterConfig"]["headGroupSpec"])]
-    groups += [(g["groupName"], g) for g in spec["rayClusterConfig"].get("workerGroupSpecs", [])]
-    for name, group in groups:
-        ports = {p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]}
-        if ports.get("serve") != port:
-            problems.append(f"node group {name}: container port 'serve' is {ports.get('serve')}, "
-                            f"Serve listens on {port}")
-    service_ports = spec["serveService"]["spec"]["ports"]
-    if [p["targetPort"] for p in service_ports] != [port]:
-        problems.append(f"serve Service targets {[p['targetPort'] for p in service_ports]}, Serve listens on {port}")
-    return problems
-
-
 def check_images(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
     """Every deployed group has an image; every image carries the cluster's Ray and Python."""
     problems = []

@@ -126,12 +126,8 @@ def to_pulumi_config(stack_yaml: Mapping[str, Any]) -> dict[str, str]:
     return result
 
 
-def stack_file(stack: str, root: Path = REPO_ROOT) -> Path:
-    return root / f"Pulumi.{stack}.yaml"
-
-
 def read_stack_file(stack: str, root: Path = REPO_ROOT) -> dict[str, Any]:
-    path = stack_file(stack, root)
+    path = root / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         raise StackConfigError(f"no stack file {path}")
     return yaml.safe_load(path.read_text()) or {}

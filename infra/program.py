@@ -40,13 +40,12 @@ def load() -> StackConfig:
 
 @dataclass
 class Deployment:
+    """What the stack outputs are made of."""
+
     stack: StackConfig
     namespace: pulumi.Output[str]
     images: ServingImages
-    secrets: ServingSecrets
     ray_service: LlmRayService
-    operator: Optional[KubeRayOperator] = None
-    models: Optional[ModelVolume] = None
 
 
 def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
@@ -61,11 +60,9 @@ def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
     else:
         namespace = pulumi.Output.from_input(stack.namespace)
 
-    operator = None
     if stack.kuberay.install:
-        operator = KubeRayOperator("kuberay-operator", KubeRayOperatorArgs(
-            namespace=stack.kuberay.namespace, values=stack.kuberay.values))
-        depends.append(operator)
+        depends.append(KubeRayOperator("kuberay-operator", KubeRayOperatorArgs(
+            namespace=stack.kuberay.namespace, values=stack.kuberay.values)))
 
     images = ServingImages("images", ServingImagesArgs(
         images={hardware: stack.images[hardware] for hardware in stack.needed_hardware()},
@@ -88,8 +85,7 @@ def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
         stack=stack, namespace=namespace, images=images.refs, hf_secret_name=secrets.hf_secret_name,
         pull_secret_name=secrets.pull_secret_name, model_claim_name=models.claim_name if models else None,
         depends_on=depends))
-    return Deployment(stack=stack, namespace=namespace, images=images, secrets=secrets, ray_service=ray_service,
-                      operator=operator, models=models)
+    return Deployment(stack=stack, namespace=namespace, images=images, ray_service=ray_service)
 
 
 def export_outputs(deployment: Deployment) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -12,7 +12,6 @@ import yaml
 
 from serving_app.serve_args import TargetDevice
 
-from .checks import check_rendered_ports, raise_for_problems
 from .config import StackConfig
 from .manifests import labels, ray_service_annotations, ray_service_spec
 from .serve_config import serve_config
@@ -39,21 +38,18 @@ class LlmRayServiceArgs:
 
 class LlmRayService(pulumi.ComponentResource):
     ray_service: k8s.apiextensions.CustomResource
-    serve_config: dict[str, Any]
 
     def __init__(self, name: str, args: LlmRayServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("llm-serving:index:LlmRayService", name, None, opts)
         stack = args.stack
-        self.serve_config = serve_config(stack)
         spec = ray_service_spec(
             stack,
             images=args.images,
-            serve_config_yaml=yaml.safe_dump(self.serve_config, sort_keys=False),
+            serve_config_yaml=yaml.safe_dump(serve_config(stack), sort_keys=False),
             hf_secret_name=args.hf_secret_name,
             pull_secret_name=args.pull_secret_name,
             model_claim_name=args.model_claim_name,
         )
-        raise_for_problems(check_rendered_ports(stack, spec, self.serve_config))
         timeout = _minutes(stack.ray_service.pulumi_timeout)
         upgrade = stack.ray_service.upgrade_strategy.type
         self.ray_service = k8s.apiextensions.CustomResource(

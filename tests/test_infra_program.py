@@ -72,6 +72,9 @@ def test_stack_declares_operator_images_secrets_storage_and_ray_service(mocks, s
         assert service["apiVersion"] == "ray.io/v1"
         spec = service["spec"]
         assert yaml.safe_load(spec["serveConfigV2"]) == serve_config(config)
+        # Serve listens where every Ray container exposes `serve` and where the Service sends traffic.
+        port = config.serve.port
+        assert [p["targetPort"] for p in spec["serveService"]["spec"]["ports"]] == [port]
         assert spec["rayClusterConfig"]["rayVersion"] == config.ray_version
         assert spec["upgradeStrategy"] == {"type": "None"}
         assert "serviceUnhealthySecondThreshold" not in spec and "deploymentUnhealthySecondThreshold" not in spec
@@ -83,6 +86,7 @@ def test_stack_declares_operator_images_secrets_storage_and_ray_service(mocks, s
             env = {e["name"]: e for e in container["env"]}
             assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{config.ray_service.name}-hf-token",
                                                                     "key": "HF_TOKEN"}
+            assert {p["name"]: p["containerPort"] for p in container["ports"]}["serve"] == port
             assert container["resources"]["requests"] == container["resources"]["limits"]
             assert container["lifecycle"]["preStop"]["exec"]["command"][-1] == "ray stop"
             assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp/ray", "/dev/shm", "/models"}
