@@ -43,7 +43,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "ours-ray-defaults": _RAY_DEFAULTS,
     # Ray starts every worker process (Serve replica, proxy, and so the vLLM processes the replica spawns) at
     # nice 15, below Ray's own daemons and anything else on the node; 0 puts them on par with bare `vllm serve`.
-    # Still Serve's Python proxy actor in front of the replica (ours until issue 6).
+    # Serve's Python proxy actor stays in front of the replica (HAProxy off, as in _RAY_DEFAULTS).
     "ours-nice0": {**_RAY_DEFAULTS, "RAY_worker_niceness": "0"},
     # ... plus Serve's in-replica event-loop hop removed and request-path logs buffered (Ray's own knobs).
     "ours-nice0-tuned": {**_RAY_DEFAULTS, "RAY_worker_niceness": "0",
