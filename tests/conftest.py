@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -9,6 +10,9 @@ from devtools.local_ray import LocalRay
 from infra.serve_config import application
 from serving_app.engines.registry import REGISTRY, EngineName, spec
 from tests.engine_cases import available_engines, installed, serve_args
+
+# The Pulumi program's tests belong to the main environment; the engine environments do not install Pulumi.
+collect_ignore_glob = [] if importlib.util.find_spec("pulumi") else ["test_infra_*.py"]
 
 ROUTE = "/llm"  # not "/": the API must work under a route prefix, as the cpu stack's /cpu and /acpu
 REPO_ROOT = Path(__file__).resolve().parents[1]

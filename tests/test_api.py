@@ -1,6 +1,7 @@
 """The HTTP API, end to end: a local Ray, the app deployed from a Serve config, clients over HTTP.
 
-One suite for every engine (`--engine`), run in each engine's own environment.
+One suite for every engine, run in each engine's own environment (the engines of the environment running pytest,
+or `--engine`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import pytest
 
 from tests.engine_cases import MAX_MODEL_LEN, SERVED_MODEL
 from devtools.serve_rest import http_json
+
+pytestmark = [pytest.mark.e2e, pytest.mark.engine_env]
 
 LONG = MAX_MODEL_LEN - 64  # a generation that takes seconds on the tiny model
 

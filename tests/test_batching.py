@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import pytest
 
+pytestmark = pytest.mark.engine_env  # the shared loop against each environment's torch/transformers
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 

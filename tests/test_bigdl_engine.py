@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("bigdl.llm")
+pytestmark = pytest.mark.bigdl
+pytest.importorskip("bigdl.llm")  # collection elsewhere; the marker makes its own environment run it
 
 import torch  # noqa: E402
 

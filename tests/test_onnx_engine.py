@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("optimum.onnxruntime")
+pytestmark = pytest.mark.onnxruntime
+pytest.importorskip("optimum.onnxruntime")  # collection elsewhere; the marker makes its own environment run it
 
 from serving_app import artifacts  # noqa: E402
 from serving_app.engines.base import GenerationRequest, SamplingOptions  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 from devtools.local_ray import pids_using
 from devtools.serve_rest import http_json
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
 
 def _engine_core_pids(temp_dir: Path) -> list[int]:

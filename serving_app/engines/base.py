@@ -86,5 +86,5 @@ class Engine(abc.ABC):
     def stats(self) -> EngineStats:
         """Requests the engine holds right now (for health pages, tests and benchmarks)."""
 
-    async def shutdown(self) -> None:
+    async def shutdown(self) -> None:  # noqa: B027  (an optional hook: an engine with nothing to free keeps it)
         """Release the engine's processes and memory."""

@@ -6,7 +6,8 @@ Importable without Ray or any engine library. Adding an engine: its module (a su
 options model (`options.py`), one entry below, a requirements file, and an image if it needs one; the tests in
 tests/serving_app/engines/test_registry.py fail until every other place knows it.
 
-    python -m serving_app.engines.registry envs     # one line per environment: name, venv, requirement files
+    python -m serving_app.engines.registry envs                # one line per environment: name, venv, requirements
+    python -m serving_app.engines.registry pytest-marks NAME   # the tests environment NAME runs (pytest -m)
 """
 
 from __future__ import annotations
@@ -129,6 +130,20 @@ def environments() -> list[Environment]:
     return list(seen.values())
 
 
+def pytest_marks(environment: str) -> str:
+    """The tests an environment runs (pytest -m): the first (main) environment runs every test but those of
+    engines installed elsewhere; another runs its engines' tests and those marked engine_env (shared engine code
+    checked against each environment's own libraries)."""
+    mine = [name.value for name, entry in REGISTRY.items() if entry.environment.name == environment]
+    if not mine:
+        raise ValueError(f"no environment {environment!r} (expected one of: "
+                         f"{', '.join(e.name for e in environments())})")
+    if environment == environments()[0].name:
+        others = [name.value for name, entry in REGISTRY.items() if entry.environment.name != environment]
+        return " and ".join(f"not {name}" for name in others)
+    return " or ".join([*mine, "engine_env"])
+
+
 def create_engine(args: "ServeArgs") -> "Engine":
     return spec(args.engine).load_class()(args)
 
@@ -138,7 +153,10 @@ def main(argv: list[str]) -> int:
         for environment in environments():
             print(environment.name, environment.venv, *environment.requirements)
         return 0
-    print("usage: python -m serving_app.engines.registry envs", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "pytest-marks":
+        print(pytest_marks(argv[1]))
+        return 0
+    print("usage: python -m serving_app.engines.registry envs | pytest-marks ENVIRONMENT", file=sys.stderr)
     return 2
 
 
