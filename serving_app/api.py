@@ -1,15 +1,21 @@
 """The HTTP API's logic, free of Ray: request bodies in, response bodies or byte streams out.
 
 Every request is validated and tokenized here, so a bad request is answered with a 4xx before it reaches an
-engine, the same way for every engine.
+engine, the same way for every engine. Parsing, chat templates and tokenizing run in a small thread pool
+(`prepare`), off the event loop that streams every other client's tokens; a prompt with more characters than the
+context could hold is refused before it is tokenized. An engine error that leaves the engine dead is answered as
+a 503, and one that comes mid-stream as a last error event, so no client is left with a cut-off stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Optional, Union
+from typing import Any, AsyncIterator, Callable, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ValidationError
 
@@ -38,28 +44,36 @@ from .protocol import (
 )
 from .serve_args import ServeArgs, describe_validation_error
 
+logger = logging.getLogger("ray.serve")
+
 
 class APIError(Exception):
     """An error the client caused (or can act on), answered with an OpenAI-style body."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
-                 param: Optional[str] = None):
+                 param: Optional[str] = None, headers: Optional[dict[str, str]] = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
         self.code = code
         self.param = param
+        self.headers = headers or {}  # e.g. Retry-After, WWW-Authenticate
 
 
 # The errors that become an HTTP answer; anything else is a bug and stays a 500.
 ANSWERED_ERRORS = (APIError, EngineDeadError)
 
 
-def error_response(error: Union[APIError, EngineDeadError]) -> tuple[int, ErrorResponse]:
-    """The one place an error becomes a status and an OpenAI error body."""
+def as_api_error(error: Union[APIError, EngineDeadError]) -> APIError:
     if isinstance(error, EngineDeadError):
-        error = APIError(503, str(error), type_="server_error", code="engine_dead")
+        return APIError(503, str(error), type_="server_error", code="engine_dead")
+    return error
+
+
+def error_response(error: Union[APIError, EngineDeadError]) -> tuple[int, ErrorResponse]:
+    """The one place an error becomes a status and an OpenAI error body (its headers: `as_api_error(e).headers`)."""
+    error = as_api_error(error)
     info = ErrorInfo(message=error.message, type=error.type, param=error.param, code=error.code)
     return error.status, ErrorResponse(error=info)
 
@@ -108,7 +122,22 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     )
 
 
+def deadline_passed(where: str) -> APIError:
+    return APIError(504, f"the request's deadline passed while {where}", type_="server_error", code="timeout")
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """The most characters one token stands for. A vocabulary entry is never shorter than the text it decodes to
+    (byte-level entries spell each byte with one character, SentencePiece's "▁" is one space), so a prompt of N
+    characters has at least N / this many tokens."""
+    return max(len(token) for token in tokenizer.get_vocab())
+
+
+# Threads that parse, render and tokenize requests; more would only contend for the same cores as the engine.
+PREPARE_THREADS = 2
+
 OpenAIRequest = Union[CompletionRequest, ChatCompletionRequest]
+Prepared = TypeVar("Prepared")
 ChoiceOf = Callable[[str, Optional[str]], BaseModel]  # (text, finish_reason) -> a choice
 
 
@@ -140,6 +169,13 @@ class OpenAIAPI:
         self.engine = engine
         self.args = args
         self.model_id = args.served_model_name
+        self._token_chars = longest_token_chars(engine.tokenizer)
+        self.max_prompt_chars = engine.max_model_len * self._token_chars
+        self._pool = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="prepare")
+
+    async def prepare(self, parse: Callable[[bytes], Prepared], raw: bytes) -> Prepared:
+        """`parse(raw)` (one of completion_request, chat_request, legacy_requests) in the thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, parse, raw)
 
     # ---- shared steps ------------------------------------------------------------------------------------
 
@@ -151,6 +187,12 @@ class OpenAIAPI:
             )
 
     def _tokenize(self, prompt: Union[str, list[int]], add_special_tokens: bool) -> list[int]:
+        limit = self.engine.max_model_len
+        if isinstance(prompt, list) and len(prompt) >= limit:
+            raise _prompt_too_long(limit, f"the prompt has {len(prompt)} tokens")
+        if isinstance(prompt, str) and len(prompt) > self.max_prompt_chars:
+            raise _prompt_too_long(limit, f"a prompt of {len(prompt)} characters has more (this tokenizer's tokens "
+                                          f"are at most {self._token_chars} characters long)")
         if isinstance(prompt, list):
             vocab = len(self.engine.tokenizer)
             bad = [t for t in prompt if t < 0 or t >= vocab]
@@ -166,10 +208,11 @@ class OpenAIAPI:
     def _sampling(self, body: Any, prompt_len: int, max_tokens: Optional[int], stop: Optional[list[str]]) -> SamplingOptions:
         limit = self.engine.max_model_len
         if prompt_len >= limit:
-            raise APIError(
-                400, f"this model's maximum context length is {limit} tokens, but the prompt has {prompt_len} tokens",
-                code="context_length_exceeded", param="prompt",
-            )
+            raise _prompt_too_long(limit, f"the prompt has {prompt_len} tokens")
+        cap = self.args.max_tokens_limit
+        if cap is not None and max_tokens is not None and max_tokens > cap:
+            raise APIError(400, f"max_tokens is {max_tokens}, but this server generates at most {cap} per request",
+                           code="max_tokens_exceeded", param="max_tokens")
         if max_tokens is None:
             max_tokens = min(self.args.max_new_tokens, limit - prompt_len)
         elif prompt_len + max_tokens > limit:
@@ -188,21 +231,46 @@ class OpenAIAPI:
             ignore_eos=getattr(body, "ignore_eos", False),
         )
 
-    async def _run(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """The engine's stream; on any early exit (client gone, error) the request is aborted in the engine."""
+    async def _run(self, request: GenerationRequest, deadline: Optional[float] = None) -> AsyncIterator[GenerationChunk]:
+        """The engine's stream until `deadline` (time.monotonic()); on any early exit (client gone, error, deadline)
+        the request is aborted in the engine."""
         finished = False
+        chunks = self.engine.generate(request)
         try:
-            async for chunk in self.engine.generate(request):
+            while not finished:
+                try:
+                    chunk = await _next_chunk(chunks, deadline)
+                except StopAsyncIteration:
+                    return
+                except Exception as error:
+                    dead = await self._dead_engine(error)
+                    if dead is None:
+                        raise
+                    raise dead from error
                 finished = chunk.finish_reason is not None
                 yield chunk
         finally:
             if not finished:
-                await self.engine.abort(request.request_id)
+                try:
+                    await self.engine.abort(request.request_id)
+                except Exception:  # a dead engine cannot abort; the error that ended the request matters more
+                    logger.warning("could not abort request %s", request.request_id, exc_info=True)
+            await chunks.aclose()
 
-    async def _collect(self, request: GenerationRequest) -> tuple[str, GenerationChunk]:
+    async def _dead_engine(self, error: Exception) -> Optional[EngineDeadError]:
+        """The EngineDeadError to answer when `error` left the engine dead, else None."""
+        if isinstance(error, ANSWERED_ERRORS):
+            return None
+        try:
+            await self.engine.check_health()
+        except EngineDeadError as dead:
+            return dead
+        return None
+
+    async def _collect(self, request: GenerationRequest, deadline: Optional[float]) -> tuple[str, GenerationChunk]:
         parts = []
         last = GenerationChunk(text="", num_generated_tokens=0, finish_reason="stop")
-        async for chunk in self._run(request):
+        async for chunk in self._run(request, deadline):
             parts.append(chunk.text)
             last = chunk
         return "".join(parts), last
@@ -235,27 +303,35 @@ class OpenAIAPI:
         body = parse_body(ChatCompletionRequest, raw)
         return body, self._prepare_chat(body)
 
-    async def answer(self, body: OpenAIRequest, request: GenerationRequest) -> BaseModel:
+    async def answer(self, body: OpenAIRequest, request: GenerationRequest,
+                     deadline: Optional[float] = None) -> BaseModel:
         """The whole answer to a completion or chat completion request."""
         shape = _SHAPES[type(body)]
-        text, last = await self._collect(request)
+        text, last = await self._collect(request, deadline)
         return shape.response(id=request.request_id, model=self.model_id,
                               choices=[shape.choice(text, last.finish_reason)],
                               usage=self._usage(request, last.num_generated_tokens))
 
-    async def stream(self, body: OpenAIRequest, request: GenerationRequest) -> AsyncIterator[bytes]:
-        """The server-sent events of a streamed completion or chat completion: one per new text, then usage."""
+    async def stream(self, body: OpenAIRequest, request: GenerationRequest,
+                     deadline: Optional[float] = None) -> AsyncIterator[bytes]:
+        """The server-sent events of a streamed completion or chat completion: one per new text, then usage; an
+        error after the stream began is its last event (as vLLM sends it), then [DONE]."""
         shape = _SHAPES[type(body)]
         head = {"id": request.request_id, "created": now(), "model": self.model_id}
         if shape.opening is not None:
             yield sse(shape.chunk.model_construct(**head, choices=[shape.opening]))
         generated = 0
-        async with aclosing(self._run(request)) as chunks:  # a consumer that stops reading aborts at once
-            async for chunk in chunks:
-                generated = chunk.num_generated_tokens
-                if chunk.text or chunk.finish_reason:
-                    choice = shape.chunk_choice(chunk.text, chunk.finish_reason)
-                    yield sse(shape.chunk.model_construct(**head, choices=[choice]))
+        try:
+            async with aclosing(self._run(request, deadline)) as chunks:  # a consumer that stops reading aborts
+                async for chunk in chunks:
+                    generated = chunk.num_generated_tokens
+                    if chunk.text or chunk.finish_reason:
+                        choice = shape.chunk_choice(chunk.text, chunk.finish_reason)
+                        yield sse(shape.chunk.model_construct(**head, choices=[choice]))
+        except Exception as error:
+            yield sse(_stream_error(error, request))
+            yield SSE_DONE
+            return
         if body.wants_usage_chunk():
             yield sse(shape.chunk.model_construct(**head, choices=[], usage=self._usage(request, generated)))
         yield SSE_DONE
@@ -269,17 +345,45 @@ class OpenAIAPI:
         for prompt in body.prompts():
             ids = self._tokenize(prompt, add_special_tokens=True)
             requests.append(
-                GenerationRequest(new_id("legacy"), ids, self._sampling(body, len(ids), max_tokens, body.stops()))
+                GenerationRequest(new_id("legacy"), ids, self._sampling(body, len(ids), max_tokens, body.stop))
             )
         return body, requests
 
-    async def legacy(self, requests: list[GenerationRequest]) -> LegacyResponse:
-        results = await asyncio.gather(*(self._collect(request) for request in requests))
+    async def legacy(self, requests: list[GenerationRequest], deadline: Optional[float] = None) -> LegacyResponse:
+        results = await asyncio.gather(*(self._collect(request, deadline) for request in requests))
         return LegacyResponse(text=[text for text, _ in results])
 
-    async def legacy_stream(self, request: GenerationRequest) -> AsyncIterator[bytes]:
-        """JSON lines, one per new text."""
-        async with aclosing(self._run(request)) as chunks:
-            async for chunk in chunks:
-                if chunk.text:
-                    yield LegacyStreamChunk.model_construct(text=chunk.text).model_dump_json().encode() + b"\n"
+    async def legacy_stream(self, request: GenerationRequest, deadline: Optional[float] = None) -> AsyncIterator[bytes]:
+        """JSON lines, one per new text; an error after the stream began is a last line with the error body."""
+        try:
+            async with aclosing(self._run(request, deadline)) as chunks:
+                async for chunk in chunks:
+                    if chunk.text:
+                        yield LegacyStreamChunk.model_construct(text=chunk.text).model_dump_json().encode() + b"\n"
+        except Exception as error:
+            yield _stream_error(error, request).model_dump_json().encode() + b"\n"
+
+
+async def _next_chunk(chunks: AsyncIterator[GenerationChunk], deadline: Optional[float]) -> GenerationChunk:
+    if deadline is None:
+        return await anext(chunks)
+    try:
+        return await asyncio.wait_for(anext(chunks), deadline - time.monotonic())
+    except TimeoutError:
+        if time.monotonic() < deadline:
+            raise  # the engine's own
+        raise deadline_passed("generating") from None
+
+
+def _prompt_too_long(limit: int, why: str) -> APIError:
+    return APIError(400, f"this model's maximum context length is {limit} tokens, but {why}",
+                    code="context_length_exceeded", param="prompt")
+
+
+def _stream_error(error: Exception, request: GenerationRequest) -> ErrorResponse:
+    """The body of an error that ends a stream already under way (its 200 is sent): answered errors keep theirs;
+    anything else is a bug, logged with its traceback and reported without internals."""
+    if not isinstance(error, ANSWERED_ERRORS):
+        logger.error("request %s failed mid-stream", request.request_id, exc_info=error)
+        error = APIError(500, "internal error while generating", type_="server_error", code="internal_error")
+    return error_response(error)[1]

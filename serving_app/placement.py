@@ -56,14 +56,22 @@ def replica_demand(args: ServeArgs) -> dict[str, float]:
 def deployment_options(args: ServeArgs) -> dict[str, Any]:
     """Serve's options for the deployment: replica count, concurrency and the shape above."""
     shape = replica_shape(args)
-    options: dict[str, Any] = {
-        "num_replicas": args.num_replicas,
-        "max_ongoing_requests": args.max_ongoing_requests,
-        # Ongoing requests are what the engine batches; queueing beyond them waits in the proxy.
-        "max_queued_requests": -1,
-    }
+    options: dict[str, Any] = {"num_replicas": args.num_replicas, **serve_admission_options(args)}
     if shape.bundles is not None:
         options["placement_group_bundles"] = shape.bundles
         options["placement_group_strategy"] = shape.strategy
     options["ray_actor_options"] = shape.actor_options
     return options
+
+
+def serve_admission_options(args: ServeArgs) -> dict[str, Any]:
+    """Serve's own concurrency limits, set above the replica's admission (serving_app.limits.Admission): that admits
+    max_ongoing_requests + queue_limit and sheds the rest with an OpenAI error body, which Serve cannot give (its
+    503 says "Request dropped due to backpressure" in plain text). Serve passes twice what we admit so a burst
+    reaches our shedding; beyond that its own bounded queue sheds with the same 503 and Retry-After."""
+    admitted = args.max_ongoing_requests + args.queue_limit
+    return {
+        "max_ongoing_requests": 2 * admitted,
+        "max_queued_requests": admitted,
+        "backpressure_config": {"status_code": 503, "retry_after_s": args.retry_after_s},
+    }

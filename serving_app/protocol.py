@@ -18,35 +18,18 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 MAX_STOP_SEQUENCES = 4
+# Engines match every stop sequence against the text after each token: longer ones only cost the replica.
+MAX_STOP_CHARS = 256
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class StreamOptions(_Request):
-    include_usage: bool = False
+class _StopField(_Request):
+    """`stop`: one string or a list, bounded in number and length; a list once validated."""
 
-
-class _SamplingFields(_Request):
-    """Fields shared by completions and chat completions."""
-
-    model: Optional[str] = None
-    max_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: Optional[float] = Field(default=None, ge=0, le=2)
-    top_p: Optional[float] = Field(default=None, gt=0, le=1)
     stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
-    n: int = Field(default=1, ge=1)
-    stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    user: Optional[str] = None  # accepted for compatibility; only logged by clients' own tooling
-    ignore_eos: bool = False  # vLLM's extension, used by load generators for fixed output lengths
-    # Accepted only at their neutral values: we do not implement them and will not pretend to.
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0  # vLLM's extension; its load generator always sends the neutral 1.0
-    logprobs: Optional[Any] = None
 
     @field_validator("stop")
     @classmethod
@@ -58,7 +41,33 @@ class _SamplingFields(_Request):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return stops
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _SamplingFields(_StopField):
+    """Fields shared by completions and chat completions."""
+
+    model: Optional[str] = None
+    max_tokens: Optional[int] = Field(default=None, ge=1)
+    temperature: Optional[float] = Field(default=None, ge=0, le=2)
+    top_p: Optional[float] = Field(default=None, gt=0, le=1)
+    seed: Optional[int] = None
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = None  # accepted for compatibility; only logged by clients' own tooling
+    ignore_eos: bool = False  # vLLM's extension, used by load generators for fixed output lengths
+    # Accepted only at their neutral values: we do not implement them and will not pretend to.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # vLLM's extension; its load generator always sends the neutral 1.0
+    logprobs: Optional[Any] = None
 
     @model_validator(mode="after")
     def _refuse_unsupported(self):
@@ -132,7 +141,7 @@ class ChatCompletionRequest(_SamplingFields):
         return self
 
 
-class LegacyRequest(_Request):
+class LegacyRequest(_StopField):
     """A request of the legacy chatbot API."""
 
     prompt: Union[str, list[str]]
@@ -141,7 +150,6 @@ class LegacyRequest(_Request):
     max_new_tokens: Optional[int] = Field(default=None, ge=1)  # the legacy chatbot API's other spelling
     temperature: Optional[float] = Field(default=None, ge=0, le=2)
     top_p: Optional[float] = Field(default=None, gt=0, le=1)
-    stop: Optional[Union[str, list[str]]] = None
     seed: Optional[int] = None
 
     @model_validator(mode="after")
@@ -158,8 +166,7 @@ class LegacyRequest(_Request):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    def stops(self) -> Optional[list[str]]:
-        return [self.stop] if isinstance(self.stop, str) else self.stop
+
 # ---- responses -------------------------------------------------------------------------------------------
 
 FinishReason = Literal["stop", "length"]

@@ -60,6 +60,21 @@ class ServeArgs(BaseModel):
     max_ongoing_requests: int = Field(
         default=256, ge=1, description="Concurrent requests one replica accepts."
     )
+    max_queued_requests: Optional[int] = Field(
+        default=None, ge=0,
+        description="Requests one replica holds waiting beyond max_ongoing_requests; one more is answered 503 with "
+                    "Retry-After at once. Default: half of max_ongoing_requests.",
+    )
+    retry_after_s: int = Field(default=1, ge=0, le=3600, description="Retry-After (seconds) of a shed request's 503.")
+    max_request_bytes: int = Field(
+        default=4 * 2**20, ge=1024, description="Largest request body; a larger one is a 413 before it is read."
+    )
+    max_tokens_limit: Optional[int] = Field(
+        default=None, ge=1, description="Most tokens one request may generate; default: what the context leaves."
+    )
+    request_timeout_s: Optional[float] = Field(
+        default=None, gt=0, description="Per-request deadline from arrival: 504, or an error event once streaming."
+    )
     num_cpus: float = Field(default=1, gt=0, description="CPUs reserved per replica.")
     resources: dict[str, float] = Field(
         default_factory=dict, description="Ray custom resources per replica, e.g. {amd_cpu: 1}."
@@ -129,6 +144,8 @@ class ServeArgs(BaseModel):
                 raise ValueError(f"resources.{name}: must be positive, got {amount}")
         if self.served_model_name is None:
             self.served_model_name = self.model_name
+        if self.max_tokens_limit is not None and self.max_new_tokens > self.max_tokens_limit:
+            raise ValueError(f"max_new_tokens: {self.max_new_tokens} is above max_tokens_limit {self.max_tokens_limit}")
         return self
 
     @property
@@ -140,6 +157,16 @@ class ServeArgs(BaseModel):
     @property
     def tensor_parallel_size(self) -> int:
         return max(1, self.gpu_count or 0)
+
+    @property
+    def queue_limit(self) -> int:
+        """max_queued_requests, resolved. A full replica finishes about max_ongoing_requests requests per request
+        latency, so one queued behind half as many waits about half a latency: admitted requests stay near 1.5x an
+        unloaded replica's latency, and the engine never idles while the queue holds work. Resolved here, not in the
+        field, so rendered serve configs carry only what a stack sets."""
+        if self.max_queued_requests is not None:
+            return self.max_queued_requests
+        return max(1, self.max_ongoing_requests // 2)
 
 
 def _engine_options(model: type[EngineOptions], engine: EngineName, kwargs: dict[str, Any]) -> EngineOptions:

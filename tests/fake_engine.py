@@ -24,6 +24,9 @@ class FakeTokenizer:
     def __len__(self) -> int:
         return 256
 
+    def get_vocab(self) -> dict[str, int]:
+        return {chr(byte): byte for byte in range(256)}
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode())
 
