@@ -125,9 +125,9 @@ def plan(stack_name: str, model: Optional[str] = None, port: Optional[int] = Non
         args = ServeArgs.model_validate(entry["args"])
         changes: list[str] = []
         updates: dict[str, Any] = {}
-        if args.num_replicas > 1:
-            updates["num_replicas"] = 1
-            changes.append(f"replicas {args.num_replicas} -> 1")
+        if args.replica_range != (1, 1):  # a fixed count above 1, or autoscaling
+            updates.update(num_replicas=1, autoscaling_config=None)
+            changes.append(f"replicas {'..'.join(str(n) for n in sorted(set(args.replica_range)))} -> 1")
         if args.num_cpus > 1:
             updates["num_cpus"] = 1
             changes.append(f"CPUs per replica {args.num_cpus:g} -> 1")

@@ -56,12 +56,20 @@ def replica_demand(args: ServeArgs) -> dict[str, float]:
 def deployment_options(args: ServeArgs) -> dict[str, Any]:
     """Serve's options for the deployment: replica count, concurrency and the shape above."""
     shape = replica_shape(args)
-    options: dict[str, Any] = {"num_replicas": args.num_replicas, **serve_admission_options(args)}
+    options: dict[str, Any] = {**replica_count_options(args), **serve_admission_options(args)}
     if shape.bundles is not None:
         options["placement_group_bundles"] = shape.bundles
         options["placement_group_strategy"] = shape.strategy
     options["ray_actor_options"] = shape.actor_options
     return options
+
+
+def replica_count_options(args: ServeArgs) -> dict[str, Any]:
+    """A fixed num_replicas, or Serve's autoscaling_config; its target load is set against what one replica admits
+    at once (max_ongoing_requests), not Serve's own max_ongoing_requests, which is set higher (below)."""
+    if args.autoscaling_config is not None:
+        return {"autoscaling_config": args.autoscaling_config.serve_options(args.max_ongoing_requests)}
+    return {"num_replicas": args.num_replicas}
 
 
 def serve_admission_options(args: ServeArgs) -> dict[str, Any]:

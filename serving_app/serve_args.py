@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from .autoscaling import AutoscalingConfig
 from .engines.options import EngineOptions
 from .engines.registry import EngineName, default_engine, spec
 from .enums import DATA_TYPE_ALIASES, TARGET_ALIASES, DataType, TargetDevice
@@ -47,6 +48,10 @@ class ServeArgs(BaseModel):
         default=None, ge=0, le=64, description="GPUs per replica = tensor parallel size; 0 on CPU targets."
     )
     max_model_len: Optional[int] = Field(default=None, ge=16, description="Context length; engine default if unset.")
+    model_parameters: Optional[float] = Field(
+        default=None, gt=0, description="Parameters in billions (e.g. 70): the preview's GPU-memory fit uses it for a "
+        "model whose config.json is not readable there and whose shapes serving_app/model_shapes.py does not know."
+    )
     batch_size: Optional[int] = Field(
         default=None, ge=1, le=4096, description="Most sequences batched together (vLLM: max_num_seqs)."
     )
@@ -56,7 +61,9 @@ class ServeArgs(BaseModel):
     max_new_tokens: int = Field(default=256, ge=1, description="max_tokens for requests that do not set it.")
     temperature: float = Field(default=1.0, ge=0, le=2, description="temperature for requests that do not set it.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra engine arguments.")
-    num_replicas: int = Field(default=1, ge=1, le=1024)
+    num_replicas: Optional[int] = Field(default=None, ge=1, le=1024, description="Fixed replica count (default 1).")
+    autoscaling_config: Optional[AutoscalingConfig] = Field(
+        default=None, description="Serve's replica autoscaling, instead of num_replicas (serving_app.autoscaling).")
     max_ongoing_requests: int = Field(
         default=256, ge=1, description="Concurrent requests one replica accepts."
     )
@@ -91,6 +98,8 @@ class ServeArgs(BaseModel):
                 "hf_token: not accepted in serve args, because tokens must never sit in a serve config. "
                 "Set the HF_TOKEN environment variable instead (the Pulumi program injects it from a Kubernetes Secret)."
             )
+        if data.get("num_replicas") is not None and data.get("autoscaling_config") is not None:
+            raise ValueError("num_replicas: give num_replicas (a fixed count) or autoscaling_config, not both")
         if "max_concurrent_queries" in data:
             if "max_ongoing_requests" in data:
                 raise ValueError("max_concurrent_queries: give max_ongoing_requests or its old name, not both")
@@ -144,6 +153,8 @@ class ServeArgs(BaseModel):
                 raise ValueError(f"resources.{name}: must be positive, got {amount}")
         if self.served_model_name is None:
             self.served_model_name = self.model_name
+        if self.num_replicas is None and self.autoscaling_config is None:
+            self.num_replicas = 1
         if self.max_tokens_limit is not None and self.max_new_tokens > self.max_tokens_limit:
             raise ValueError(f"max_new_tokens: {self.max_new_tokens} is above max_tokens_limit {self.max_tokens_limit}")
         return self
@@ -153,6 +164,14 @@ class ServeArgs(BaseModel):
         """engine_kwargs as the engine's typed options model (registry entry `options`)."""
         assert self._options is not None
         return self._options
+
+    @property
+    def replica_range(self) -> tuple[int, int]:
+        """(fewest, most) replicas: autoscaling_config's min..max, else num_replicas for both."""
+        if self.autoscaling_config is not None:
+            return self.autoscaling_config.min_replicas, self.autoscaling_config.max_replicas
+        assert self.num_replicas is not None
+        return self.num_replicas, self.num_replicas
 
     @property
     def tensor_parallel_size(self) -> int:
