@@ -24,6 +24,9 @@ class DataType(str, Enum):
     BFLOAT16 = "bfloat16"
     INT8 = "int8"
     INT4 = "int4"
+    # FP8 weights (vLLM: an FP8 checkpoint as it is, else a 16-bit one quantized while loading); the layers FP8 does
+    # not cover (embeddings, norms, lm_head) keep the checkpoint's own 16-bit type. NVIDIA Hopper or newer, AMD MI300.
+    FP8 = "fp8"
 
 
 # Spellings that common tools use.
@@ -35,5 +38,7 @@ DATA_TYPE_ALIASES = {
     "float": "float32",
     "sym_int8": "int8",
     "sym_int4": "int4",
+    "float8": "fp8",
+    "float8_e4m3fn": "fp8",
 }
 TARGET_ALIASES = {"GPU": "NVIDIA", "CUDA": "NVIDIA", "ROCM": "AMD_GPU", "AMDGPU": "AMD_GPU"}

@@ -15,6 +15,8 @@ from .vllm_arg_names import VLLM_ENGINE_ARG_NAMES
 # ONNX int8 kernel targets (serving_app.convert --quantization). auto: the converting machine's best; a startup
 # conversion runs on the node that serves it.
 QUANTIZATION_TARGETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64")
+# vLLM's KV cache types that we offer (its others are for specific accelerators).
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 
 class EngineOptions(BaseModel):
@@ -60,6 +62,9 @@ class VLLMOptions(EngineOptions):
                                    "processes that are the replica's children")
     gpu_memory_utilization: Optional[float] = Field(default=None, gt=0, le=1)
     kv_cache_memory_bytes: Optional[int] = Field(default=None, ge=1)
+    kv_cache_dtype: Literal[KV_CACHE_DTYPES] = Field(  # type: ignore[valid-type]
+        default="auto", description="KV cache data type: auto (the model's) or an FP8 one (fp8 = fp8_e4m3; half "
+                                    "the bytes per token, NVIDIA Hopper or newer / AMD MI300)")
     disable_log_stats: bool = True
 
     @model_validator(mode="after")
@@ -68,6 +73,10 @@ class VLLMOptions(EngineOptions):
         if unknown:
             raise ValueError(f"{unknown[0]}: not an argument of vLLM's engine (AsyncEngineArgs)")
         return self
+
+    @property
+    def fp8_kv_cache(self) -> bool:
+        return self.kv_cache_dtype != "auto"
 
     def uses_ray_workers(self, tensor_parallel_size: int) -> bool:
         """vLLM's TP workers run as Ray actors in bundles of the replica's placement group."""

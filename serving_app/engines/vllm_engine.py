@@ -3,12 +3,59 @@ request goes straight in; nothing here waits for a batch to form."""
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Optional
 
 from .base import Engine, EngineDeadError, EngineStats, GenerationChunk, GenerationRequest
+from ..model_shapes import FP8_CHECKPOINT_METHODS, local_config
 from ..serve_args import DataType, ServeArgs
 from .options import VLLMOptions
+
+
+def weight_quantization(args: ServeArgs, model_config: Optional[dict[str, Any]]) -> Optional[str]:
+    """vLLM's `quantization` for these args: "fp8" quantizes a 16-bit checkpoint while it loads (vLLM >= 0.25 does
+    it one layer at a time, so bf16 weights never sit on the GPU all at once); None where the checkpoint is FP8
+    already (vLLM follows its quantization_config) or data_type is not fp8. model_config: the checkpoint's
+    config.json, None where it cannot be read (then it is taken as a 16-bit checkpoint)."""
+    if args.data_type != DataType.FP8:
+        return None
+    method = ((model_config or {}).get("quantization_config") or {}).get("quant_method")
+    if method is None:
+        return "fp8"
+    if method in FP8_CHECKPOINT_METHODS:
+        return None
+    raise ValueError(f"data_type: fp8, but {args.model_name} is a {method!r} checkpoint; FP8 needs a 16-bit or an "
+                     f"FP8 checkpoint ({', '.join(FP8_CHECKPOINT_METHODS)})")
+
+
+def engine_arguments(args: ServeArgs, model_config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """What AsyncEngineArgs gets for these args (no vLLM import: the benchmark gives bare `vllm serve` the same)."""
+    options: VLLMOptions = args.options  # type: ignore[assignment]
+    extra = options.engine_arguments()
+    extra.pop("distributed_executor_backend", None)
+    if args.tensor_parallel_size > 1:
+        # Ray workers in the replica's placement-group bundles, or "mp" workers as the replica's children.
+        extra["distributed_executor_backend"] = options.distributed_executor_backend
+    if args.batch_size is not None:
+        extra["max_num_seqs"] = args.batch_size
+    dtype = args.data_type.value if args.data_type else DataType.AUTO.value
+    if args.data_type == DataType.FP8:
+        if "quantization" in extra:
+            raise ValueError("engine_kwargs.quantization: data_type fp8 chooses vLLM's quantization; give only one")
+        quantization = weight_quantization(args, model_config)
+        if quantization is not None:
+            extra["quantization"] = quantization
+        dtype = DataType.AUTO.value  # what FP8 leaves unquantized keeps the checkpoint's 16-bit type
+    return dict(
+        model=args.model_name,
+        served_model_name=[args.served_model_name],
+        tensor_parallel_size=args.tensor_parallel_size,
+        dtype=dtype,
+        max_model_len=args.max_model_len,
+        disable_log_stats=extra.pop("disable_log_stats", options.disable_log_stats),
+        **extra,
+    )
 
 
 class VLLMEngine(Engine):
@@ -21,24 +68,8 @@ class VLLMEngine(Engine):
     def engine_args(self) -> Any:
         from vllm import AsyncEngineArgs
 
-        options: VLLMOptions = self.args.options  # type: ignore[assignment]
-        extra = options.engine_arguments()
-        extra.pop("distributed_executor_backend", None)
-        if self.args.tensor_parallel_size > 1:
-            # Ray workers in the replica's placement-group bundles, or "mp" workers as the replica's children.
-            extra["distributed_executor_backend"] = options.distributed_executor_backend
-        if self.args.batch_size is not None:
-            extra["max_num_seqs"] = self.args.batch_size
-        dtype = self.args.data_type.value if self.args.data_type else DataType.AUTO.value
-        return AsyncEngineArgs(
-            model=self.args.model_name,
-            served_model_name=[self.args.served_model_name],
-            tensor_parallel_size=self.args.tensor_parallel_size,
-            dtype=dtype,
-            max_model_len=self.args.max_model_len,
-            disable_log_stats=extra.pop("disable_log_stats", options.disable_log_stats),
-            **extra,
-        )
+        config = _model_config(self.args.model_name) if self.args.data_type == DataType.FP8 else None
+        return AsyncEngineArgs(**engine_arguments(self.args, config))
 
     async def start(self) -> None:
         from vllm.usage.usage_lib import UsageContext
@@ -126,6 +157,20 @@ class VLLMEngine(Engine):
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+
+
+def _model_config(model_name: str) -> Optional[dict[str, Any]]:
+    """config.json of a local model, else of the hub model (in the pod: the hub and HF_TOKEN are reachable)."""
+    config = local_config(model_name)
+    if config is not None:
+        return config
+    try:
+        from huggingface_hub import hf_hub_download
+
+        with open(hf_hub_download(model_name, "config.json")) as file:
+            return json.load(file)
+    except Exception:  # unreachable or not a hub id: vLLM's own load reports it better
+        return None
 
 
 def _current_gcs_address() -> str:
