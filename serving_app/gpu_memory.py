@@ -7,11 +7,11 @@
     KV cache  2 x layers x KV heads x head_dim x bytes (2, or 1 for an FP8 cache) per token
     budget    GPU memory as CUDA reports it x gpu_memory_utilization (vLLM's default 0.92) x tensor-parallel size
 
-Calibrated on one H200 with vLLM 0.25.1 (benchmarks/RESULTS.md, issue 18): the estimate's KV cache tokens were
-within 0.3 % of vLLM's own for Llama-2-70B FP8 and Llama-2-7B bf16. How FP8 weights arrive: an FP8 checkpoint loads as
-it is; a 16-bit checkpoint is quantized while it loads, one projection at a time (vLLM >= 0.25 creates those weights on
-the meta device and materializes each just before quantizing it), so the load-time peak is the FP8 weights plus the
-largest projection in 16-bit, not the whole 16-bit model.
+The overhead is calibrated against what vLLM 0.25.1 reported at start on an H200 (benchmarks/RESULTS.md keeps the
+comparison). How FP8 weights arrive: an FP8 checkpoint loads as it is; a 16-bit checkpoint is quantized while it
+loads, one projection at a time (vLLM >= 0.25 creates those weights on the meta device and materializes each just
+before quantizing it), so the load-time peak is the FP8 weights plus the largest projection in 16-bit, not the whole
+16-bit model.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ GiB = 1 << 30
 # vLLM's defaults (0.25 and 0.32 alike).
 GPU_MEMORY_UTILIZATION = 0.92
 FIXED_OVERHEAD = GiB // 2
-# Less than nvidia-smi's memory.total: 150,109,880,320 B against 143,771 MiB on the H200 measured (2026-12-01).
+# CUDA's total is less than nvidia-smi's memory.total: 150,109,880,320 B against 143,771 MiB on an H200.
 _CUDA_OF_SMI = 150_109_880_320 / (143_771 << 20)
 
 

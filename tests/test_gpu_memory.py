@@ -1,5 +1,5 @@
 """The GPU-memory fit estimate on the shipped shapes: parameter counts, the issue's fit cases, how FP8 weights arrive,
-and the estimate against what vLLM 0.25.1 reported at start on one H200 (benchmarks/RESULTS.md, issue 18)."""
+and the estimate against what vLLM 0.25.1 reported at start on one H200 (benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_70b_fp8_fits_one_h200_but_not_one_h100():
 
 
 def test_estimate_matches_what_vllm_reported_on_one_h200():
-    # vLLM 0.25.1 on the H200 of 2026-12-01: "Model loading took 64.76 GiB", "GPU KV cache size: 202,656 tokens";
+    # vLLM 0.25.1 on an H200: "Model loading took 64.76 GiB", "GPU KV cache size: 202,656 tokens";
     # Llama-2-7B bf16: 12.55 GiB, 235,632 tokens (benchmarks/results/gpu-h200-1gpu-memory.txt).
     fp8 = fit(H200, data_type="fp8")
     assert fp8.weights / GiB == pytest.approx(64.76, rel=0.01)
