@@ -33,6 +33,8 @@ from benchmarks.common import LOGS, loadavg, machine_info, median, package_versi
 from devtools.servers import BareVLLM, OurServe, Server, running  # noqa: E402
 from infra.config import load_stack  # noqa: E402
 from infra.serve_config import serve_config  # noqa: E402
+from serving_app.engines.vllm_engine import engine_arguments  # noqa: E402
+from serving_app.model_shapes import local_config  # noqa: E402
 from serving_app.serve_args import ServeArgs  # noqa: E402
 
 SHAPES = Path(__file__).resolve().parent / "gpu_models"
@@ -152,9 +154,11 @@ def placement_report(ours: OurServe) -> dict[str, Any]:
 def bare_server(app: dict[str, Any], model: Path, gpus: Optional[str] = None) -> BareVLLM:
     """`vllm serve` with the engine settings our app's args resolve to (what ServeArgs hands AsyncEngineArgs)."""
     args = ServeArgs.model_validate(app["args"])
-    extra = ["--tensor-parallel-size", str(args.tensor_parallel_size), "--dtype", args.data_type.value]
-    for key, value in args.engine_kwargs.items():
-        if key != "distributed_executor_backend":  # bare vLLM picks its own (mp on one node)
+    extra = []
+    for key, value in engine_arguments(args, local_config(str(model))).items():
+        # BareVLLM sets these itself; bare vLLM picks its own executor (mp on one node).
+        if key not in ("model", "served_model_name", "max_model_len", "max_num_seqs", "disable_log_stats",
+                       "distributed_executor_backend"):
             extra += [f"--{key.replace('_', '-')}", str(value)]
     return BareVLLM(model, args.served_model_name, args.max_model_len, args.batch_size, None, LOGS, python=Path(sys.executable),
                     extra=extra, env={"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else None)
