@@ -52,10 +52,6 @@ class ServeArgs(BaseModel):
         default=None, gt=0, description="Parameters in billions (e.g. 70): the preview's GPU-memory fit uses it for a "
         "model whose config.json is not readable there and whose shapes serving_app/model_shapes.py does not know."
     )
-    model_parameters: Optional[float] = Field(
-        default=None, gt=0, description="Parameters in billions (e.g. 70): the preview's GPU-memory fit uses it for a "
-        "model whose config.json is not readable there and whose shapes serving_app/model_shapes.py does not know."
-    )
     batch_size: Optional[int] = Field(
         default=None, ge=1, le=4096, description="Most sequences batched together (vLLM: max_num_seqs)."
     )
