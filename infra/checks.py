@@ -11,6 +11,7 @@ from serving_app.placement import replica_demand
 
 from .config import REPO_ROOT, StackConfig
 from .dockerfile import UnresolvedArg, arg_defaults, copied_requirement_files, dockerfile_args, ray_pins
+from .gpu_fit import check_gpu_fit, gpu_fit_warnings
 from .manifests import DIRECT_INGRESS_PORTS, RAY_PORTS
 from .stack_sections import MODELS_MOUNT, NodeGroup
 
@@ -100,10 +101,11 @@ def pack_warnings(stack: StackConfig) -> list[str]:
                 break
         else:
             unplaced.append(app_name)
+    warnings = gpu_fit_warnings(stack)
     if unplaced:
-        return [f"replicas of {sorted(set(unplaced))} may stay pending: packing them onto nodes one by one leaves "
-                f"{len(unplaced)} without a node even though the cluster totals suffice"]
-    return []
+        warnings.insert(0, f"replicas of {sorted(set(unplaced))} may stay pending: packing them onto nodes one by one "
+                        f"leaves {len(unplaced)} without a node even though the cluster totals suffice")
+    return warnings
 
 
 def check_routes_and_ports(stack: StackConfig) -> list[str]:
@@ -199,7 +201,7 @@ def check_model_storage(stack: StackConfig) -> list[str]:
 def run_checks(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
     """All problems (empty when the stack can deploy)."""
     problems: list[str] = []
-    for check in (check_routes_and_ports, check_placement, check_model_storage):
+    for check in (check_routes_and_ports, check_placement, check_model_storage, check_gpu_fit):
         problems += check(stack)
     problems += check_images(stack, root)
     return problems

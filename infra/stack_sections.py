@@ -46,6 +46,10 @@ class NodeGroup(StrictModel):
     cpu: int = Field(gt=0, description="CPU cores of the pod; also Ray's num-cpus unless rayCpus is set.")
     memory: str = Field(pattern=QUANTITY)
     gpus: int = Field(default=0, ge=0)
+    gpu_model: Optional[str] = Field(default=None, description="GPU model, one of serving_app.gpu_memory.GPU_MODELS "
+                                     "(e.g. H200): the preview checks FP8 support and each replica's memory with it.")
+    gpu_memory: Optional[str] = Field(default=None, pattern=QUANTITY, description="Memory per GPU as CUDA reports it "
+                                      "(e.g. 139Gi), for a GPU not in GPU_MODELS or instead of its figure.")
     gpu_resource: Optional[str] = Field(default=None, description="Kubernetes extended resource; from hardware.")
     ray_cpus: Optional[float] = Field(default=None, ge=0, description="Ray num-cpus; 0 keeps replicas off.")
     ray_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per node.")

@@ -14,7 +14,14 @@ from tests.infra_helpers import STACKS, config_error, problems_of
 def test_shipped_stacks_pass_every_check(stack):
     config = load_stack(stack)
     assert run_checks(config) == []
-    assert pack_warnings(config) == []
+    warnings = pack_warnings(config)
+    if stack == "gpu":
+        # True of the shipped shape: 70B bf16 on 4x H100 cannot hold 256 full-length sequences; vLLM queues or
+        # preempts the rest. The H200 groups hold them all, so exactly one warning.
+        assert len(warnings) == 1 and "node group 'gpu-nvidia-h100'" in warnings[0]
+        assert "holds 127 sequences of max_model_len 4096" in warnings[0]
+    else:
+        assert warnings == []
 
 
 # ---- checked at preview, before anything is created -----------------------------------------------------------
