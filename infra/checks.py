@@ -53,7 +53,7 @@ def check_placement(stack: StackConfig) -> list[str]:
         where = f"serve.applications[{index}] ({app.name})"
         demand = replica_demand(app.args)
         for name, amount in demand.items():
-            needed[name] = needed.get(name, 0.0) + amount * app.args.num_replicas
+            needed[name] = needed.get(name, 0.0) + amount * app.args.replica_range[1]
         fits = [(name, group) for name, group, count in groups if count and not shortfall(demand, group.ray_capacity())]
         if not fits:
             best_name, best = _best_group(demand, [g for g in groups if g[2]] or groups)
@@ -90,7 +90,7 @@ def pack_warnings(stack: StackConfig) -> list[str]:
     """First-fit-decreasing over nodes: a hint (not an error) that the totals fit but the pieces may not."""
     nodes = [(name, dict(group.ray_capacity())) for name, group, count in stack.node_groups() for _ in range(count)]
     replicas = [(app.name, replica_demand(app.args)) for app in stack.serve.applications
-                for _ in range(app.args.num_replicas)]
+                for _ in range(app.args.replica_range[1])]
     replicas.sort(key=lambda item: (item[1].get("GPU", 0), item[1].get("CPU", 0)), reverse=True)
     unplaced = []
     for app_name, demand in replicas:
@@ -204,6 +204,9 @@ def run_checks(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
     for check in (check_routes_and_ports, check_placement, check_model_storage, check_gpu_fit):
         problems += check(stack)
     problems += check_images(stack, root)
+    from .autoscaling_checks import check_autoscaling  # here: it builds on this module's helpers
+
+    problems += check_autoscaling(stack)
     return problems
 
 

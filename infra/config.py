@@ -18,8 +18,8 @@ from serving_app.enums import TargetDevice
 from serving_app.serve_args import describe_validation_error
 
 from .stack_sections import (
-    CLUSTER_HARDWARE, DNS_LABEL, Dashboard, ImageSpec, KubeRay, ModelStorage, NodeGroup, RayServiceOptions, Registry,
-    Serve, StrictModel, WorkerGroup,
+    Autoscaler, CLUSTER_HARDWARE, DNS_LABEL, Dashboard, ImageSpec, KubeRay, ModelStorage, NodeGroup, RayServiceOptions,
+    Registry, Serve, StrictModel, WorkerGroup,
 )
 
 PROJECT = "llm-serving"
@@ -51,6 +51,7 @@ class StackConfig(StrictModel):
     serve: Serve
     dashboard: Dashboard = Field(default_factory=Dashboard)
     ray_service: RayServiceOptions = Field(default_factory=RayServiceOptions)
+    autoscaler: Autoscaler = Field(default_factory=Autoscaler)
 
     @model_validator(mode="after")
     def _unique_group_names(self) -> "StackConfig":
@@ -61,9 +62,9 @@ class StackConfig(StrictModel):
         return self
 
     def node_groups(self) -> list[tuple[str, NodeGroup, int]]:
-        """(name, group, pod count) of every group that deploys, head first."""
+        """(name, group, most pods: maxReplicas) of every group that deploys, head first."""
         groups: list[tuple[str, NodeGroup, int]] = [("head", self.head_group, 1)]
-        groups += [(g.name, g, g.replicas) for g in self.worker_groups if g.enabled]
+        groups += [(g.name, g, g.size_range[1]) for g in self.worker_groups if g.enabled]
         return groups
 
     def image_tag(self) -> str:

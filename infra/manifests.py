@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional
 
 from serving_app.serve_args import TargetDevice
 
+from .autoscaler import autoscaler_fields, group_sizes, worker_groups_annotation
 from .config import StackConfig
 from .stack_sections import MODELS_MOUNT, NodeGroup
 
@@ -177,10 +178,8 @@ def ray_service_spec(
         "workerGroupSpecs": [
             {
                 "groupName": group.name,
-                # Fixed size: the fit checks assume every node is there.
-                "replicas": group.replicas,
-                "minReplicas": group.replicas,
-                "maxReplicas": group.replicas,
+                # Fixed where min = max; else KubeRay's autoscaler owns the count (infra/autoscaler.py).
+                **group_sizes(group),
                 "rayStartParams": _ray_start_params(group, head=False),
                 "template": pod_template(stack, group.name, group, image=images[group.hardware], head=False,
                                          **common),
@@ -189,6 +188,7 @@ def ray_service_spec(
             if group.enabled
         ],
     }
+    cluster.update(autoscaler_fields(stack))
     if stack.dashboard.auth == "token":
         cluster["authOptions"] = {"mode": "token"}
 
@@ -218,6 +218,7 @@ def ray_service_spec(
 def ray_service_annotations(stack: StackConfig) -> dict[str, str]:
     return {
         "ray.io/initializing-timeout": stack.ray_service.initializing_timeout,
+        **worker_groups_annotation(stack),
         # `pulumi up` returns when KubeRay reports the applications serving, not when the object is accepted.
         "pulumi.com/waitFor": "condition=Ready",
     }

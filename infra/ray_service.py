@@ -12,6 +12,7 @@ import yaml
 
 from serving_app.serve_args import TargetDevice
 
+from .autoscaler import replace_on_changes
 from .config import StackConfig
 from .manifests import labels, ray_service_annotations, ray_service_spec
 from .serve_config import serve_config
@@ -68,8 +69,9 @@ class LlmRayService(pulumi.ComponentResource):
                 depends_on=list(args.depends_on),
                 custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout, delete="30m"),
                 # With upgradeStrategy None KubeRay ignores rayClusterConfig changes; replacing the object rolls
-                # them out (with downtime, never with a second copy of the GPUs).
-                replace_on_changes=["spec.rayClusterConfig"] if upgrade == "None" else None,
+                # them out (with downtime, never with a second copy of the GPUs). Not on the autoscaler's own
+                # fields (group sizes), which no KubeRay strategy rolls out (infra/autoscaler.py).
+                replace_on_changes=replace_on_changes() if upgrade == "None" else None,
                 delete_before_replace=upgrade == "None",
             ),
         )

@@ -104,9 +104,45 @@ class NodeGroup(StrictModel):
 
 class WorkerGroup(NodeGroup):
     name: str = Field(pattern=DNS_LABEL, max_length=40)
-    replicas: int = Field(default=1, ge=0)
+    replicas: int = Field(default=1, ge=0, description="Pods at creation; default: minReplicas where that is set.")
+    # KubeRay's in-tree autoscaler adds and removes pods between these (infra/autoscaler.py); unset: fixed size.
+    min_replicas: Optional[int] = Field(default=None, ge=0)
+    max_replicas: Optional[int] = Field(default=None, ge=0)
     # A disabled entry stays validated (so enabling it is safe) but deploys nothing.
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _size_range(self) -> "WorkerGroup":
+        if "replicas" not in self.model_fields_set and self.min_replicas is not None:
+            self.replicas = self.min_replicas
+        low, high = self.size_range
+        if not low <= self.replicas <= high:
+            raise ValueError(f"replicas {self.replicas} is outside minReplicas..maxReplicas ({low}..{high})")
+        return self
+
+    @property
+    def size_range(self) -> tuple[int, int]:
+        """(fewest, most) pods of this group."""
+        low = self.replicas if self.min_replicas is None else self.min_replicas
+        return low, self.replicas if self.max_replicas is None else self.max_replicas
+
+    @property
+    def autoscales(self) -> bool:
+        low, high = self.size_range
+        return self.enabled and high > low
+
+
+class Autoscaler(StrictModel):
+    """KubeRay's in-tree autoscaler (a sidecar of the head pod); on wherever a worker group's minReplicas is below its
+    maxReplicas. It adds a group's pod when replicas Serve wants cannot be placed, and removes one idle for
+    idleTimeoutSeconds."""
+
+    idle_timeout_seconds: int = Field(default=60, ge=0, description="KubeRay's default: 60.")
+    upscaling_mode: Literal["Default", "Aggressive", "Conservative"] = "Default"
+    version: Optional[Literal["v1", "v2"]] = Field(default=None, description="Default: KubeRay's choice.")
+    # The sidecar's own pod resources (requests = limits, as every container here): KubeRay's defaults.
+    cpu: str = Field(default="500m", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory: str = Field(default="512Mi", pattern=QUANTITY)
 
 
 class ImageSpec(StrictModel):

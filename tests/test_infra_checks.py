@@ -45,7 +45,8 @@ def test_cpu_demand_per_replica_beyond_every_node():
 
 
 def test_sum_of_replicas_beyond_the_cluster():
-    problems = problems_of("gpu", lambda v: v["serve"]["applications"][0]["args"].update(num_replicas=5))
+    problems = problems_of("gpu", lambda v: v["serve"]["applications"][0]["args"].update(
+        autoscaling_config={"max_replicas": 5}))
     assert ("serve.applications: all replicas together need {CPU: 100, GPU: 20} but the cluster has "
             "{CPU: 288, GPU: 16} (short {GPU: 4})") in problems
 

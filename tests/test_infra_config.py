@@ -20,8 +20,8 @@ def test_gpu_stack_describes_the_cluster_it_targets():
     (app,) = config.serve.applications
     assert (app.name, app.route_prefix) == ("llama2", "/")
     args = app.args
-    assert (args.model_name, args.data_type.value, args.gpu_count, args.num_replicas, args.max_ongoing_requests,
-            args.num_cpus) == ("meta-llama/Llama-2-70b-chat-hf", "bfloat16", 4, 4, 256, 20)
+    assert (args.model_name, args.data_type.value, args.gpu_count, args.replica_range, args.max_ongoing_requests,
+            args.num_cpus) == ("meta-llama/Llama-2-70b-chat-hf", "bfloat16", 4, (1, 4), 256, 20)
     assert config.serve.port == 8000
 
 

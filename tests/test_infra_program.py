@@ -214,7 +214,8 @@ def test_stack_outputs_are_plaintext_and_hold_no_secret(mocks, stack):
 
 @pulumi.runtime.test
 def test_bad_config_fails_before_anything_is_created(mocks):
-    use_config(with_values("gpu", lambda v: v["serve"]["applications"][0]["args"].update(num_replicas=5)))
+    use_config(with_values("gpu", lambda v: v["serve"]["applications"][0]["args"].update(
+        autoscaling_config={"max_replicas": 5})))
     with pytest.raises(pulumi.RunError, match=r"all replicas together need \{CPU: 100, GPU: 20\}"):
         main()
     use_config(with_values("cpu", lambda v: v["headGroup"].update(cpus=16)))
