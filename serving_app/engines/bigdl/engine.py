@@ -18,6 +18,7 @@ from ... import artifacts
 from ...serve_args import DataType, ServeArgs
 from ..batching.engine import BatchingEngine, LoadedModel, eos_token_ids, pad_token_id, resolve_max_model_len
 from ..options import BigDLOptions
+from .compat import apply_rope_theta, check_config, load_tokenizer
 from .left_padded import HFCausalLM, LeftPaddedBatch
 
 logger = logging.getLogger("ray.serve")
@@ -97,14 +98,17 @@ class BigDLEngine(BatchingEngine):
         self.cache_path: Optional[Path] = None
 
     def load(self) -> LoadedModel:
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig
 
         trust = self.options.trust_remote_code
+        # Before quantizing: a model transformers 4.31 would compute wrongly is refused in seconds.
+        check_config(AutoConfig.from_pretrained(self.args.model_name, trust_remote_code=trust))
         model, self.cache_status, self.cache_path = load_low_bit_model(
             self.args.model_name, self.precision, self.options.low_bit_cache_dir, trust
         )
+        apply_rope_theta(model)
         model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(self.args.model_name, trust_remote_code=trust)
+        tokenizer = load_tokenizer(self.args.model_name, trust)
         eos = eos_token_ids(model.config, getattr(model, "generation_config", None), tokenizer)
         return LoadedModel(
             model=LeftPaddedBatch(HFCausalLM(model), pad_token_id(tokenizer, eos)),

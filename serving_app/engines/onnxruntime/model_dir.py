@@ -42,7 +42,10 @@ def resolve_onnx_model(model_name: str, data_type: str, options: OnnxRuntimeOpti
                     f"{path} holds a {record.get('data_type')} ONNX model but data_type is {data_type}: serve it "
                     f"with data_type {record.get('data_type')}, or convert again: {suggestion}")
             return path, record
-        if (path / artifacts.MARKER).exists():
+        # A sealed directory of another kind (e.g. devtools' converted default model) is a model, not a damaged
+        # ONNX conversion.
+        other_kind = (artifacts.inspect(path)[0] or {}).get("kind") not in (None, ONNX_KIND)
+        if (path / artifacts.MARKER).exists() and not other_kind:
             raise OnnxModelError(f"{path} is a damaged or partial ONNX conversion ({why}): convert again: "
                                  f"{convert_command(model_name, str(path), quantize)} --force")
         if any(path.glob("*.onnx")):
