@@ -18,15 +18,15 @@ from serving_app.enums import TargetDevice
 from serving_app.serve_args import describe_validation_error
 
 from .stack_sections import (
-    Autoscaler, CLUSTER_HARDWARE, DNS_LABEL, Dashboard, ImageSpec, KubeRay, ModelStorage, NodeGroup, RayServiceOptions,
-    Registry, Serve, StrictModel, WorkerGroup,
+    Autoscaler, CLUSTER_HARDWARE, DNS_LABEL, Dashboard, ImageSpec, KubeRay, ModelStorage, NetworkPolicyOptions,
+    NodeGroup, RayServiceOptions, Registry, Serve, StrictModel, WorkerGroup,
 )
 
 PROJECT = "llm-serving"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Read by the program as Pulumi secrets (infra/program.py), never into the plain models.
-SECRET_KEYS = ("hfToken", "registryPassword")
+SECRET_KEYS = ("hfToken", "registryPassword", "apiKeys")
 
 KUBERAY_CHART = "kuberay-operator"
 KUBERAY_CHART_VERSION = "1.7.0"  # the RayService (infra/manifests.py) is written and tested against this CRD schema
@@ -50,6 +50,7 @@ class StackConfig(StrictModel):
     worker_groups: list[WorkerGroup] = Field(default_factory=list)
     serve: Serve
     dashboard: Dashboard = Field(default_factory=Dashboard)
+    network_policy: NetworkPolicyOptions = Field(default_factory=NetworkPolicyOptions)
     ray_service: RayServiceOptions = Field(default_factory=RayServiceOptions)
     autoscaler: Autoscaler = Field(default_factory=Autoscaler)
 

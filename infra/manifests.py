@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Optional
 
+from serving_app.auth import ENV as API_KEYS_KEY
 from serving_app.serve_args import TargetDevice
 
 from .autoscaler import autoscaler_fields, group_sizes, worker_groups_annotation
@@ -85,6 +86,7 @@ def pod_template(
     hf_secret_name: Optional[str],
     pull_secret_name: Optional[str],
     model_claim_name: Optional[str],
+    api_keys_secret_name: Optional[str] = None,
 ) -> dict[str, Any]:
     resources: dict[str, Any] = {"cpu": str(group.cpu), "memory": group.memory}
     if group.gpus:
@@ -93,6 +95,9 @@ def pod_template(
     if hf_secret_name:
         env.append({"name": HF_TOKEN_KEY,
                     "valueFrom": {"secretKeyRef": {"name": hf_secret_name, "key": HF_TOKEN_KEY}}})
+    if api_keys_secret_name:  # the serving API's keys (infra/api_keys.py), read by every replica at start
+        env.append({"name": API_KEYS_KEY,
+                    "valueFrom": {"secretKeyRef": {"name": api_keys_secret_name, "key": API_KEYS_KEY}}})
     storage = stack.model_storage
     if storage is not None and storage.hf_cache_dir:
         env.append({"name": "HF_HOME", "value": storage.hf_cache_dir})
@@ -125,7 +130,8 @@ def pod_template(
         "volumeMounts": mounts,
         # Ray drains its actors before the container goes.
         "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}},
-        "securityContext": {"allowPrivilegeEscalation": False},
+        # Ray needs no Linux capability; without them a compromised worker cannot raise its own privileges.
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     pod_security: dict[str, Any] = {
         "runAsNonRoot": True,
@@ -164,9 +170,10 @@ def ray_service_spec(
     hf_secret_name: Optional[str],
     pull_secret_name: Optional[str],
     model_claim_name: Optional[str],
+    api_keys_secret_name: Optional[str] = None,
 ) -> dict[str, Any]:
     common = dict(hf_secret_name=hf_secret_name, pull_secret_name=pull_secret_name,
-                  model_claim_name=model_claim_name)
+                  model_claim_name=model_claim_name, api_keys_secret_name=api_keys_secret_name)
     head = stack.head_group
     cluster: dict[str, Any] = {
         "rayVersion": stack.ray_version,

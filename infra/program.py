@@ -9,12 +9,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi.runtime import config as runtime_config
 
+from .api_keys import ApiKeySecret, ApiKeySecretArgs, api_key_problems
 from .checks import StackCheckError, pack_warnings, raise_for_problems, run_checks
 from .config import StackConfig, StackConfigError, parse_stack_config
 from .images import ServingImages, ServingImagesArgs
 from .kuberay import KubeRayOperator, KubeRayOperatorArgs
 from .manifests import head_service_name, labels, serve_service_name
 from .model_storage import ModelStorageArgs, ModelVolume
+from .network_policy import RayNetworkPolicy
 from .ray_service import LlmRayService, LlmRayServiceArgs
 from .secrets import ServingSecrets, ServingSecretsArgs
 
@@ -49,7 +51,7 @@ class Deployment:
 
 
 def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
-           registry_password: Optional[pulumi.Input[str]]) -> Deployment:
+           registry_password: Optional[pulumi.Input[str]], api_keys: Optional[pulumi.Input[str]] = None) -> Deployment:
     name = stack.ray_service.name
     depends: list[pulumi.Resource] = []
     if stack.create_namespace:
@@ -73,6 +75,13 @@ def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
         namespace=namespace, name_prefix=name, labels=labels(stack, "secret"), hf_token=hf_token,
         registry=stack.registry, registry_password=registry_password))
     depends.append(secrets)
+    api_keys_secret = None
+    if api_keys is not None:
+        api_keys_secret = ApiKeySecret("api-keys", ApiKeySecretArgs(
+            namespace=namespace, name_prefix=name, labels=labels(stack, "secret"), api_keys=api_keys))
+        depends.append(api_keys_secret)
+    if stack.network_policy.enabled:
+        depends.append(RayNetworkPolicy("network-policy", stack, namespace))
 
     models = None
     if stack.model_storage is not None:
@@ -84,7 +93,7 @@ def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
     ray_service = LlmRayService(name, LlmRayServiceArgs(
         stack=stack, namespace=namespace, images=images.refs, hf_secret_name=secrets.hf_secret_name,
         pull_secret_name=secrets.pull_secret_name, model_claim_name=models.claim_name if models else None,
-        depends_on=depends))
+        api_keys_secret_name=api_keys_secret.secret_name if api_keys_secret else None, depends_on=depends))
     return Deployment(stack=stack, namespace=namespace, images=images, ray_service=ray_service)
 
 
@@ -119,6 +128,13 @@ def main() -> Deployment:
     if registry_password is None and stack.registry is not None:
         raise pulumi.RunError("registry is configured but registryPassword is not: "
                               "pulumi config set --secret registryPassword <password>")
-    deployment = deploy(stack, hf_token, registry_password)
+    # Checked from the plain config value (Pulumi hands secrets to the program decrypted); messages never hold it.
+    problems, warnings = api_key_problems(pulumi_config().get(f"{pulumi.get_project()}:apiKeys"),
+                                          stack.serve.allow_unauthenticated)
+    if problems:
+        raise pulumi.RunError("\n".join(problems))
+    for warning in warnings:
+        pulumi.log.warn(warning)
+    deployment = deploy(stack, hf_token, registry_password, config.get_secret("apiKeys"))
     export_outputs(deployment)
     return deployment

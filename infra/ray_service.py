@@ -33,6 +33,7 @@ class LlmRayServiceArgs:
     hf_secret_name: Optional[str] = None
     pull_secret_name: Optional[str] = None
     model_claim_name: Optional[str] = None
+    api_keys_secret_name: Optional[str] = None
     # The operator, the Secrets and the claim: pods created before them would fail or never be reconciled.
     depends_on: Sequence[pulumi.Resource] = ()
 
@@ -50,6 +51,7 @@ class LlmRayService(pulumi.ComponentResource):
             hf_secret_name=args.hf_secret_name,
             pull_secret_name=args.pull_secret_name,
             model_claim_name=args.model_claim_name,
+            api_keys_secret_name=args.api_keys_secret_name,
         )
         timeout = _minutes(stack.ray_service.pulumi_timeout)
         upgrade = stack.ray_service.upgrade_strategy.type

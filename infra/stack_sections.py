@@ -265,12 +265,28 @@ class Serve(StrictModel):
     port: int = Field(default=8000, ge=1024, le=65535)
     service: ServeService = Field(default_factory=ServeService)
     applications: list[ServeApp] = Field(min_length=1)
+    allow_unauthenticated: bool = Field(
+        default=False, description="Serve without API keys (secret config apiKeys); preview warns."
+    )
+
+
+class NetworkPolicyOptions(StrictModel):
+    """Who may reach the Ray pods: each other (Ray's own ports), the operator (dashboard, agent, serve port), the
+    serve port from `serveFrom`, metrics from `metricsFrom`; peers are Kubernetes NetworkPolicyPeer objects."""
+
+    enabled: bool = True
+    serve_from: list[dict[str, Any]] = Field(default_factory=list, description="Peers of the serve port; [] = any.")
+    metrics_from: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"namespaceSelector": {}}], description="Peers of the metrics port; default: pods."
+    )
 
 
 class Dashboard(StrictModel):
     # The dashboard accepts job submissions (arbitrary code) without authentication unless token auth is on.
     service_type: ServiceType = "ClusterIP"
-    auth: Literal["disabled", "token"] = "disabled"
+    # KubeRay's token authentication (authOptions): the dashboard, Jobs API and GCS refuse callers without the
+    # cluster's token; the operator reads the token from the Secret it creates, health endpoints stay open.
+    auth: Literal["disabled", "token"] = "token"
     allow_unauthenticated_exposure: bool = False
 
     @model_validator(mode="after")

@@ -20,7 +20,9 @@ STACKS = ("gpu", "cpu")
 FAKE_HF_TOKEN = "hf_FAKEtokenForInfraTests_7c1e9a"
 FAKE_REGISTRY_PASSWORD = "FAKE-registry-Passw0rd-5d2f"
 SECRET = "kubernetes:core/v1:Secret"
-SECRETS = {f"{PROJECT}:hfToken": FAKE_HF_TOKEN, f"{PROJECT}:registryPassword": FAKE_REGISTRY_PASSWORD}
+FAKE_API_KEYS = "sk-FAKEoldKeyForInfraTests-3a9c,sk-FAKEnewKeyForInfraTests-81bd"
+SECRETS = {f"{PROJECT}:hfToken": FAKE_HF_TOKEN, f"{PROJECT}:registryPassword": FAKE_REGISTRY_PASSWORD,
+           f"{PROJECT}:apiKeys": FAKE_API_KEYS}
 # The CRDs of the operator version the stacks install.
 CRD_DIR = Path(__file__).parent / "fixtures" / "kuberay-crds" / f"v{KUBERAY_CHART_VERSION}"
 

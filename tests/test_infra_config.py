@@ -55,7 +55,7 @@ def test_unknown_top_level_key():
 
 def test_only_the_secret_keys_may_be_secret():
     message = config_error("gpu", lambda v: v.update(namespace={"secure": "v1:AAAA"}))
-    assert message == "llm-serving:namespace: only hfToken, registryPassword may be secret config"
+    assert message == "llm-serving:namespace: only hfToken, registryPassword, apiKeys may be secret config"
 
 
 def test_wrong_type_names_its_path():
@@ -88,7 +88,7 @@ def test_plain_secret_looking_env_is_refused():
 
 
 def test_dashboard_is_not_exposed_without_auth():
-    message = config_error("gpu", lambda v: v["dashboard"].update(serviceType="NodePort"))
+    message = config_error("gpu", lambda v: v["dashboard"].update(serviceType="NodePort", auth="disabled"))
     assert "llm-serving:dashboard: serviceType NodePort exposes the Ray dashboard" in message
     parse_document(with_values("gpu", lambda v: v["dashboard"].update(serviceType="NodePort", auth="token")))
 

@@ -255,7 +255,8 @@ def test_existing_operator_namespace_claim_and_prebuilt_images(mocks):
         types = {r.type for r in mocks.resources}
         assert not types & {IMAGE_TYPE, "kubernetes:helm.sh/v3:Release", "kubernetes:core/v1:Namespace",
                             "kubernetes:core/v1:PersistentVolume", "kubernetes:core/v1:PersistentVolumeClaim"}
-        assert [r.name for r in mocks.of_type(SECRET)] == ["secrets-hf-token"]  # no registry, no pull secret
+        # no registry, no pull secret
+        assert [r.name for r in mocks.of_type(SECRET)] == ["secrets-hf-token", "api-keys"]
         spec = ray_service_of(mocks)["spec"]
         images = {c["image"] for c in containers(spec)}
         assert images == {f"example.com/intel@{digest}", f"example.com/amd@{digest}"}
