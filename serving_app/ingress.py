@@ -8,7 +8,7 @@ A Serve config (KubeRay's serveConfigV2) deploys it with `import_path: serving_a
 # images') then cannot resolve a string annotation such as "Request" and asks for a `request` query parameter.
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -16,9 +16,11 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 
-from .api import ANSWERED_ERRORS, OpenAIAPI, error_response
+from .api import ANSWERED_ERRORS, OpenAIAPI, as_api_error, error_response
+from .auth import ENV as API_KEYS_ENV, APIKeys
 from .engines.registry import create_engine
 from .engines.base import EngineDeadError
+from .limits import DEADLINE, Admission, Guard
 from .placement import deployment_options
 from .serve_args import ServeArgs, parse_serve_args
 
@@ -47,13 +49,13 @@ _JSON = "application/json"
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _json(body: BaseModel, status: int = 200) -> Response:
-    return Response(body.model_dump_json(), status_code=status, media_type=_JSON)
+def _json(body: BaseModel, status: int = 200, headers: Optional[dict[str, str]] = None) -> Response:
+    return Response(body.model_dump_json(), status_code=status, media_type=_JSON, headers=headers)
 
 
 async def _answered_error(_: Request, error: Exception) -> Response:
     status, body = error_response(error)
-    return _json(body, status)
+    return _json(body, status, as_api_error(error).headers)
 
 
 for _error_type in ANSWERED_ERRORS:
@@ -114,10 +116,12 @@ async def _whole_answer(request: Request, answer: Awaitable[BaseModel]) -> Respo
 
 async def _openai_answer(request: Request, api: OpenAIAPI, parse: Callable[[bytes], Any]) -> Response:
     """A completion or chat completion: server-sent events when the body asks to stream, else the whole answer."""
-    body, generation = parse(await request.body())
+    body, generation = await api.prepare(parse, await request.body())
+    deadline = request.scope.get(DEADLINE)
     if body.stream:
-        return StreamingResponse(api.stream(body, generation), media_type="text/event-stream", headers=_SSE_HEADERS)
-    return await _whole_answer(request, api.answer(body, generation))
+        return StreamingResponse(api.stream(body, generation, deadline), media_type="text/event-stream",
+                                 headers=_SSE_HEADERS)
+    return await _whole_answer(request, api.answer(body, generation, deadline))
 
 
 @serve.deployment(
@@ -134,6 +138,14 @@ class LLMServer:
         logger.info("starting %s engine for %s", self.args.engine.value, self.args.model_name)
         await self.engine.start()
         self.api = OpenAIAPI(self.engine, self.args)
+        keys = APIKeys.from_env()  # read once: a rotated key reaches a replica when it is restarted
+        if not keys.required:
+            logger.warning("%s is not set: anyone who reaches this endpoint can use it", API_KEYS_ENV)
+        self.admission = Admission(self.args.max_ongoing_requests, self.args.queue_limit, self.args.retry_after_s)
+        # Here, not at import: the guard needs this replica's args and keys, and Starlette builds its middleware
+        # stack on the app's first call (Serve's lifespan startup), which comes after __init__.
+        app.add_middleware(Guard, keys=keys, admission=self.admission, max_body_bytes=self.args.max_request_bytes,
+                           timeout_s=self.args.request_timeout_s)
 
     async def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy so it is replaced."""
@@ -147,7 +159,8 @@ class LLMServer:
             return JSONResponse({"status": "dead", "error": str(error)}, status_code=503)
         stats = self.engine.stats()
         return JSONResponse({"status": "ok", "running_requests": stats.running_requests,
-                             "waiting_requests": stats.waiting_requests, **stats.extra})
+                             "waiting_requests": stats.waiting_requests, "admitted_requests": self.admission.running,
+                             "queued_requests": self.admission.waiting, **stats.extra})
 
     @app.get("/v1/models")
     async def models(self) -> Response:
@@ -164,10 +177,12 @@ class LLMServer:
     @app.post("/")
     async def legacy(self, request: Request) -> Response:
         """The legacy chatbot API (serving_app.protocol), kept for its existing client."""
-        body, generations = self.api.legacy_requests(await request.body())
+        body, generations = await self.api.prepare(self.api.legacy_requests, await request.body())
+        deadline = request.scope.get(DEADLINE)
         if body.stream:
-            return StreamingResponse(self.api.legacy_stream(generations[0]), media_type="application/x-ndjson")
-        return await _whole_answer(request, self.api.legacy(generations))
+            return StreamingResponse(self.api.legacy_stream(generations[0], deadline),
+                                     media_type="application/x-ndjson")
+        return await _whole_answer(request, self.api.legacy(generations, deadline))
 
     async def __del__(self):
         engine = getattr(self, "engine", None)  # absent when __init__ failed
