@@ -10,8 +10,8 @@ from serving_app.engines.registry import image_engine
 from serving_app.placement import replica_demand
 
 from .config import REPO_ROOT, StackConfig
-from .dockerfile import UnresolvedArg, arg_defaults, copied_requirement_files, dockerfile_args, ray_pins
 from .gpu_fit import check_gpu_fit, gpu_fit_warnings
+from .image_checks import check_images
 from .manifests import DIRECT_INGRESS_PORTS, RAY_PORTS
 from .stack_sections import MODELS_MOUNT, NodeGroup
 
@@ -127,65 +127,6 @@ def check_routes_and_ports(stack: StackConfig) -> list[str]:
     for name, ports in DIRECT_INGRESS_PORTS.items():
         if stack.serve.port in ports:
             problems.append(f"serve.port: {stack.serve.port} is in Serve's {name} range {ports.start}-{ports.stop - 1}")
-    return problems
-
-
-def check_images(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
-    """Every deployed group has an image; every image carries the cluster's Ray and Python."""
-    problems = []
-    builds = False
-    for hardware in stack.needed_hardware():
-        key = f"images.{hardware.value}"
-        spec = stack.images.get(hardware)
-        if spec is None:
-            users = [name for name, group, _ in stack.node_groups() if group.hardware == hardware]
-            problems.append(f"{key}: node group(s) {users} run on {hardware.value} but no image is configured")
-            continue
-        if spec.reference is not None:
-            if spec.ray_version != stack.ray_version or spec.python_version != stack.python_version:
-                problems.append(f"{key}: image carries Ray {spec.ray_version} / Python {spec.python_version}, "
-                                f"the cluster runs rayVersion {stack.ray_version} / Python {stack.python_version}")
-            continue
-        builds = True
-        path = root / spec.dockerfile
-        if not path.is_file():
-            problems.append(f"{key}.dockerfile: {spec.dockerfile} does not exist")
-            continue
-        text = path.read_text()
-        defaults = arg_defaults(text)
-        for arg, want in (("RAY_VERSION", stack.ray_version), ("PYTHON_VERSION", stack.python_version)):
-            if defaults.get(arg) != want:
-                problems.append(f"{key}: {spec.dockerfile} has ARG {arg}={defaults.get(arg)}, the cluster needs {want}")
-        declared = dockerfile_args(text)
-        for name in spec.build_args:
-            if name not in declared:  # docker ignores it with a warning; most likely a typo
-                problems.append(f"{key}.buildArgs.{name}: {spec.dockerfile} declares no ARG {name}")
-        engine = spec.build_args.get("ENGINE", defaults.get("ENGINE"))
-        if "ENGINE" in declared and engine is not None and engine != image_engine(hardware).value:
-            # Apps are placed by hardware, so the hardware's image must carry the engine its apps run.
-            problems.append(f"{key}.buildArgs.ENGINE: {engine}, but {hardware.value} images carry "
-                            f"{image_engine(hardware).value}")
-        try:
-            requirements = copied_requirement_files(text, spec.docker_build_args(stack.ray_version,
-                                                                                  stack.python_version))
-        except UnresolvedArg as error:
-            problems.append(f"{key}.buildArgs: {spec.dockerfile} copies {error}")
-            continue
-        pins = []
-        for requirement in requirements:
-            req_path = root / requirement
-            if not req_path.is_file():
-                given = f" (buildArgs {spec.build_args})" if spec.build_args else ""
-                problems.append(f"{key}: {spec.dockerfile} copies {requirement}{given}, which does not exist")
-                continue
-            pins += [(requirement, pin) for pin in ray_pins(req_path.read_text())]
-        if not pins:
-            problems.append(f"{key}: {spec.dockerfile} installs no pinned ray (ray[serve]==X in a requirements file)")
-        for requirement, pin in pins:
-            if pin != stack.ray_version:
-                problems.append(f"{key}: {requirement} pins ray {pin}, the cluster's rayVersion is {stack.ray_version}")
-    if builds and stack.registry is None:
-        problems.append("registry: images are built, so a registry (server, repository, username) is required")
     return problems
 
 

@@ -1,11 +1,12 @@
-"""The Dockerfile facts the preview checks need, evaluated as `docker build` would: ARG defaults, declared ARGs, and
-the requirements files COPY takes from the context with `$ARG`/`$ENV` references expanded per stage."""
+"""The Dockerfile facts the preview checks and the image builds need, evaluated as `docker build` would: ARG
+defaults, declared ARGs, the base images, and what COPY takes from the context, with `$ARG`/`$ENV` references
+expanded per stage."""
 
 from __future__ import annotations
 
 import re
 import shlex
-from typing import Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 
 def arg_defaults(dockerfile: str) -> dict[str, str]:
@@ -64,16 +65,21 @@ def dockerfile_args(dockerfile: str) -> set[str]:
             for token in shlex.split(rest)}
 
 
-def copied_requirement_files(dockerfile: str, build_args: Optional[Mapping[str, str]] = None) -> list[str]:
-    """The requirements files COPY takes from the build context, `$ARG`s resolved as `docker build` would: ARG
-    defaults overridden by build_args, scoped per stage (an ARG before FROM only reaches a stage that redeclares it).
-    Raises UnresolvedArg for a reference that would expand to nothing."""
+def _resolved(dockerfile: str, build_args: Optional[Mapping[str, str]]) -> Iterator[tuple[str, list[Any]]]:
+    """("FROM", [base, or the UnresolvedArg it raised]) per stage and ("COPY", [source, ...]) per COPY from the build
+    context, `$ARG`s resolved as `docker build` does: ARG defaults overridden by build_args, scoped per stage (an ARG
+    before FROM only reaches a stage that redeclares it). Raises UnresolvedArg for a COPY reference that would expand
+    to nothing."""
     build_args = build_args or {}
     global_scope: dict[str, Optional[str]] = {}
     scope: Optional[dict[str, Optional[str]]] = None  # None until the first FROM
-    files = []
     for instruction, rest in _instructions(dockerfile):
         if instruction == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            try:
+                yield "FROM", [_substitute(words[0], global_scope)]
+            except UnresolvedArg as error:  # only base_images needs the base
+                yield "FROM", [error]
             scope = {}
         elif instruction == "ARG":
             target = global_scope if scope is None else scope
@@ -94,9 +100,27 @@ def copied_requirement_files(dockerfile: str, build_args: Optional[Mapping[str, 
             parts = rest.split()
             if any(p.startswith("--from") for p in parts):  # from another stage or image, not the context
                 continue
-            sources = [p for p in parts if not p.startswith("--")][:-1]
-            files += [path for path in (_substitute(p, scope) for p in sources) if path.endswith(".txt")]
-    return files
+            yield "COPY", [_substitute(p, scope) for p in [p for p in parts if not p.startswith("--")][:-1]]
+
+
+def copied_sources(dockerfile: str, build_args: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Every path COPY takes from the build context: what the image's context must hold, and nothing more."""
+    return [source for instruction, values in _resolved(dockerfile, build_args) if instruction == "COPY"
+            for source in values]
+
+
+def copied_requirement_files(dockerfile: str, build_args: Optional[Mapping[str, str]] = None) -> list[str]:
+    """The requirements files COPY takes from the build context (see copied_sources)."""
+    return [path for path in copied_sources(dockerfile, build_args) if path.endswith(".txt")]
+
+
+def base_images(dockerfile: str, build_args: Optional[Mapping[str, str]] = None) -> list[str]:
+    """The image each stage is built FROM, build args applied (a stage built from an earlier one by its name too)."""
+    bases = [values[0] for instruction, values in _resolved(dockerfile, build_args) if instruction == "FROM"]
+    for base in bases:
+        if isinstance(base, UnresolvedArg):
+            raise base
+    return bases
 
 
 def ray_pins(requirements: str) -> list[str]:

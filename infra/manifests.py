@@ -10,7 +10,7 @@ import json
 from typing import Any, Mapping, Optional
 
 from serving_app.auth import ENV as API_KEYS_KEY
-from serving_app.serve_args import TargetDevice
+from serving_app.enums import TargetDevice
 
 from .autoscaler import autoscaler_fields, group_sizes, worker_groups_annotation
 from .config import StackConfig
@@ -57,6 +57,14 @@ def _ray_start_params(group: NodeGroup, head: bool) -> dict[str, str]:
 # (direct ingress); Serve's request path runs without its extra thread hop. Measurements: benchmarks/RESULTS.md.
 RAY_SERVING_ENV = {"RAY_worker_niceness": "0", "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
+# AMD GPUs: Ray and vLLM both narrow which GPUs a process sees, and a TP=4 replica fails when they disagree (vllm#12572:
+# a rank with ROCR_VISIBLE_DEVICES=1 and CUDA_VISIBLE_DEVICES=0,1 dies with "HIP error: invalid device ordinal").
+# Ray masks AMD GPUs with HIP_VISIBLE_DEVICES since ray PR #51104 (and raises if ROCR_VISIBLE_DEVICES is set at all);
+# these switch its masking off, so every worker of the replica sees the node's GPUs and vLLM picks one by local rank
+# (vllm PR #21522; vLLM's ROCm images set both). ROCR_VISIBLE_DEVICES is refused in a group's env (stack_sections).
+HARDWARE_ENV = {TargetDevice.AMD_GPU: {"RAY_EXPERIMENTAL_NOSET_HIP_VISIBLE_DEVICES": "1",
+                                       "RAY_EXPERIMENTAL_NOSET_ROCR_VISIBLE_DEVICES": "1"}}
+
 # Ports Ray itself binds on every pod (GCS, dashboard, client, metrics, dashboard agent used by KubeRay's probes);
 # the serve port must be none of them.
 RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "dashboard-agent": 52365,
@@ -101,7 +109,8 @@ def pod_template(
     storage = stack.model_storage
     if storage is not None and storage.hf_cache_dir:
         env.append({"name": "HF_HOME", "value": storage.hf_cache_dir})
-    env += [{"name": name, "value": value} for name, value in sorted(RAY_SERVING_ENV.items()) if name not in group.env]
+    defaults = {**RAY_SERVING_ENV, **HARDWARE_ENV.get(group.hardware, {})}
+    env += [{"name": name, "value": value} for name, value in sorted(defaults.items()) if name not in group.env]
     env += [{"name": name, "value": value} for name, value in sorted(group.env.items())]
 
     mounts = [

@@ -91,6 +91,9 @@ class NodeGroup(StrictModel):
             raise ValueError(f"gpus must be 0 on CPU hardware {self.hardware.value}")
         if self.gpu_resource is None and self.hardware.is_gpu:
             self.gpu_resource = GPU_RESOURCE_NAMES[self.hardware]
+        if self.hardware == TargetDevice.AMD_GPU and "ROCR_VISIBLE_DEVICES" in self.env:
+            raise ValueError("env.ROCR_VISIBLE_DEVICES: Ray refuses to start with it set (it masks AMD GPUs with "
+                             "HIP_VISIBLE_DEVICES, and the pods switch that off for vLLM: infra/manifests.py)")
         return self
 
     def ray_capacity(self) -> dict[str, float]:
@@ -151,7 +154,10 @@ class ImageSpec(StrictModel):
     dockerfile: Optional[str] = Field(default=None, description="Path from the repository root.")
     reference: Optional[str] = Field(default=None, description="Prebuilt image, repository@sha256:...")
     ray_version: Optional[str] = Field(default=None, description="Prebuilt only: the Ray the image carries.")
-    python_version: Optional[str] = Field(default=None, description="Prebuilt only: the image's Python X.Y.")
+    python_version: Optional[str] = Field(
+        default=None, pattern=r"^3\.\d+$",
+        description="The image's Python X.Y: a prebuilt one's, or a build's whose buildArgs pick another base than "
+                    "the Dockerfile's (default: its ARG PYTHON_VERSION).")
     platform: str = "linux/amd64"
     build_args: dict[str, str] = Field(
         default_factory=dict, description="Docker build args, e.g. {ENGINE: bigdl}; merged with Ray/Python's."
@@ -183,8 +189,8 @@ class ImageSpec(StrictModel):
                 raise ValueError("a prebuilt reference must declare rayVersion and pythonVersion (checked)")
             if self.build_args:
                 raise ValueError("buildArgs applies to a dockerfile build, not a prebuilt reference")
-        elif self.ray_version is not None or self.python_version is not None:
-            raise ValueError("rayVersion/pythonVersion are read from the Dockerfile; set them only for a reference")
+        elif self.ray_version is not None:
+            raise ValueError("rayVersion is read from the Dockerfile's requirements; set it only for a reference")
         return self
 
 

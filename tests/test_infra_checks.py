@@ -96,7 +96,48 @@ def test_images_must_carry_the_clusters_ray_version():
 
 def test_images_must_carry_the_clusters_python():
     problems = problems_of("cpu", lambda v: v.update(pythonVersion="3.12"))
-    assert "images.INTEL: images/cpu/Dockerfile has ARG PYTHON_VERSION=3.11, the cluster needs 3.12" in problems
+    assert ("images.INTEL: images/cpu/Dockerfile's base carries Python 3.11, the cluster runs pythonVersion 3.12; "
+            "Ray needs one Python on every node") in problems
+
+
+DIGEST = "sha256:" + "d" * 64
+AMD_GPU_BASE = f"rocm/vllm:rocm6.4.1_vllm_0.10.1_20250909@{DIGEST}"
+
+
+def enable_amd_gpus(values, **image):
+    values["workerGroups"][2]["enabled"] = True
+    values["images"]["AMD_GPU"].update(image)
+
+
+def test_amd_gpu_image_is_the_python_of_its_base():
+    # vLLM's ROCm images carry Python 3.12; a 3.11 cluster cannot take them (Ray needs one Python per cluster).
+    problems = problems_of("gpu", lambda v: enable_amd_gpus(v, buildArgs={"BASE_IMAGE": AMD_GPU_BASE}))
+    assert ("images.AMD_GPU: images/amd-gpu/Dockerfile's base carries Python 3.12, the cluster runs pythonVersion "
+            "3.11; Ray needs one Python on every node: set pythonVersion to it, or build this image on a base with "
+            "3.11 (buildArgs naming the base, and images.AMD_GPU.pythonVersion)") in problems
+
+
+def test_a_cluster_on_the_rocm_python_builds_every_image_on_it():
+    def edit(values):
+        enable_amd_gpus(values, buildArgs={"BASE_IMAGE": AMD_GPU_BASE})
+        values["pythonVersion"] = "3.12"
+        values["images"]["NVIDIA"].update(pythonVersion="3.12", buildArgs={
+            "PYTHON_IMAGE": f"python:3.12.12-slim-bookworm@{DIGEST}"})
+
+    assert "Python" not in problems_of("gpu", edit)
+
+
+def test_the_rocm_base_is_named_by_the_stack():
+    problems = problems_of("gpu", enable_amd_gpus)
+    assert ("images.AMD_GPU.buildArgs: images/amd-gpu/Dockerfile: `${BASE_IMAGE}`: $BASE_IMAGE has no default: set "
+            "it in buildArgs") in problems
+
+
+def test_a_base_image_must_be_pinned_by_digest():
+    problems = problems_of("gpu", lambda v: v["images"]["NVIDIA"].update(
+        buildArgs={"PYTHON_IMAGE": "python:3.11.14-slim-bookworm"}))
+    assert ("images.NVIDIA: images/nvidia/Dockerfile builds on python:3.11.14-slim-bookworm, not pinned by digest "
+            "(<image>:<tag>@sha256:<digest>)") in problems
 
 
 def test_both_cpu_images_carry_the_clusters_ray_version():
@@ -115,14 +156,14 @@ def set_build_args(hardware: str, build_args):
 
 def test_missing_build_arg_is_unresolvable():
     problems = problems_of("cpu", lambda v: v["images"]["AMD"].pop("buildArgs"))
-    assert ("images.AMD.buildArgs: images/cpu/Dockerfile copies `requirements/${ENGINE}.txt`: $ENGINE has no "
+    assert ("images.AMD.buildArgs: images/cpu/Dockerfile: `requirements/${ENGINE}.txt`: $ENGINE has no "
             "default: set it in buildArgs") in problems
 
 
 def test_misspelt_build_arg_is_named():
     problems = problems_of("cpu", set_build_args("AMD", {"ENGIN": "onnxruntime"}))
     assert "images.AMD.buildArgs.ENGIN: images/cpu/Dockerfile declares no ARG ENGIN" in problems
-    assert "images.AMD.buildArgs: images/cpu/Dockerfile copies `requirements/${ENGINE}.txt`" in problems
+    assert "images.AMD.buildArgs: images/cpu/Dockerfile: `requirements/${ENGINE}.txt`" in problems
 
 
 def test_build_arg_naming_no_requirements_file():
@@ -169,7 +210,7 @@ def test_prebuilt_image_versions_are_checked():
     digest = "sha256:" + "a" * 64
     problems = problems_of("cpu", lambda v: v["images"].update(AMD={
         "reference": f"example.com/amd@{digest}", "rayVersion": "2.59.0", "pythonVersion": "3.11"}))
-    assert "images.AMD: image carries Ray 2.59.0 / Python 3.11, the cluster runs rayVersion 2.60.0" in problems
+    assert "images.AMD: image carries Ray 2.59.0, the cluster runs rayVersion 2.60.0" in problems
 
 
 def test_model_path_on_the_volume_needs_model_storage():

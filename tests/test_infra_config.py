@@ -105,3 +105,8 @@ def test_prebuilt_reference_must_pin_a_digest():
                                                                     "rayVersion": "2.60.0",
                                                                     "pythonVersion": "3.11"}))
     assert "llm-serving:images.AMD: reference must pin a digest" in message
+
+
+def test_rocr_visible_devices_is_refused_on_amd_gpus():
+    message = config_error("gpu", lambda v: v["workerGroups"][2].update(env={"ROCR_VISIBLE_DEVICES": "0"}))
+    assert "llm-serving:workerGroups[2].env.ROCR_VISIBLE_DEVICES: Ray refuses to start with it set" in message

@@ -159,3 +159,31 @@ def test_ray_workers_run_at_normal_priority_behind_haproxy(rendered):
             assert env.get("RAY_worker_niceness") == "0", container["name"]
             assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", container["name"]
             assert env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1", container["name"]
+
+
+def amd_gpu_cluster(values):
+    """The gpu stack with its AMD group on, as the stack file's comments say: vendor resources, one Python (3.12, the
+    ROCm images'), the ROCm base named by digest."""
+    digest = "sha256:" + "e" * 64
+    values["pythonVersion"] = "3.12"
+    values["images"]["NVIDIA"].update(pythonVersion="3.12",
+                                      buildArgs={"PYTHON_IMAGE": f"python:3.12.12-slim-bookworm@{digest}"})
+    values["images"]["AMD_GPU"]["buildArgs"] = {"BASE_IMAGE": f"rocm/vllm:rocm6.4.1_vllm_0.10.1_20250909@{digest}"}
+    for group in [values["headGroup"], *values["workerGroups"][:2]]:
+        group["rayResources"] = {"nvidia_gpu": 1000}
+    values["workerGroups"][2]["enabled"] = True
+    values["serve"]["applications"][0]["args"]["resources"] = {"nvidia_gpu": 1}
+
+
+def test_amd_gpu_pods_leave_gpu_masking_to_vllm(tmp_path):
+    """A TP=4 replica on AMD GPUs: Ray must not mask the GPUs of the replica's workers (HARDWARE_ENV in
+    infra/manifests.py says why); NVIDIA pods keep Ray's masking."""
+    (tmp_path / "Pulumi.amd.yaml").write_text(yaml.safe_dump(with_values("gpu", amd_gpu_cluster)))
+    paths = render("amd", tmp_path / "out", root=tmp_path)
+    cluster = next(d for d in documents(paths) if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    envs = {group["groupName"]: {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+            for group in cluster["workerGroupSpecs"]}
+    assert envs["gpu-amd"]["RAY_EXPERIMENTAL_NOSET_HIP_VISIBLE_DEVICES"] == "1"
+    assert envs["gpu-amd"]["RAY_EXPERIMENTAL_NOSET_ROCR_VISIBLE_DEVICES"] == "1"
+    assert "ROCR_VISIBLE_DEVICES" not in envs["gpu-amd"]
+    assert not any(name.startswith("RAY_EXPERIMENTAL_NOSET") for name in envs["gpu-nvidia"])
