@@ -1,5 +1,6 @@
 """Serving images: one per hardware target, built from a Dockerfile in images/ (with the stack's buildArgs) and
-pushed, or prebuilt."""
+pushed, or prebuilt. With every needed image prebuilt, nothing here touches the docker provider, so preview and up
+need no Docker daemon."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
-from serving_app.serve_args import TargetDevice
+from serving_app.enums import TargetDevice
 
+from . import build_context
 from .config import REPO_ROOT
 from .stack_sections import ImageSpec, Registry
 
@@ -44,16 +46,19 @@ class ServingImages(pulumi.ComponentResource):
             if args.registry is None or args.registry_password is None:
                 raise ValueError(f"images.{hardware.value}: building needs registry config and the "
                                  f"registryPassword secret (pulumi config set --secret registryPassword ...)")
+            slug = image_slug(hardware)
+            # The Dockerfile asserts the Ray/Python args at build time: a mismatched base fails the build, not the
+            # pod. The same args checks.py resolved the Dockerfile with at preview.
+            build_args = spec.docker_build_args(args.ray_version, args.python_version)
             image = docker.Image(
-                image_slug(hardware),
-                image_name=f"{args.registry.repository}/{image_slug(hardware)}:{args.tag}",
+                slug,
+                image_name=f"{args.registry.repository}/{slug}:{args.tag}",
                 build=docker.DockerBuildArgs(
-                    context=str(REPO_ROOT),
-                    dockerfile=str(REPO_ROOT / spec.dockerfile),
+                    # Relative to the project root (Pulumi's working directory), so no checkout path is an input.
+                    context=".",
+                    dockerfile=build_context.prepare(slug, spec.dockerfile, build_args, REPO_ROOT),
                     platform=spec.platform,
-                    # The Dockerfile asserts the Ray/Python args at build time: a mismatched base fails the build,
-                    # not the pod. The same args checks.py resolved the Dockerfile with at preview.
-                    args=spec.docker_build_args(args.ray_version, args.python_version),
+                    args=build_args,
                 ),
                 registry=docker.RegistryArgs(
                     server=args.registry.server,

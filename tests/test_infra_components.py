@@ -44,11 +44,13 @@ def test_serving_images_build_with_the_clusters_versions(mocks):
         image = built["llm-serving-nvidia"]
         assert image["imageName"] == "r.example.com/team/llm-serving-nvidia:t1"
         assert image["build"]["args"] == {"RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"}
-        assert image["build"]["dockerfile"].endswith("images/nvidia/Dockerfile")
+        # The build's own copy of the Dockerfile, beside the ignore file naming only what it copies; no absolute path.
+        assert (image["build"]["context"], image["build"]["dockerfile"]) == (
+            ".", ".cache/build-contexts/llm-serving-nvidia/Dockerfile")
         assert image["build"]["platform"] == "linux/amd64"
         cpu = built["llm-serving-intel"]["build"]
         assert cpu["args"] == {"ENGINE": "bigdl", "EXTRA": "x y", "RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"}
-        assert cpu["dockerfile"].endswith("images/cpu/Dockerfile")
+        assert cpu["dockerfile"] == ".cache/build-contexts/llm-serving-intel/Dockerfile"
         assert nvidia.startswith("r.example.com/team/llm-serving-nvidia@sha256:")
         assert intel.startswith("r.example.com/team/llm-serving-intel@sha256:")
         assert amd == "x.example.com/amd@sha256:" + "c" * 64

@@ -12,7 +12,7 @@ import pytest
 
 from infra.config import REPO_ROOT, load_stack
 from infra.dockerfile import (
-    UnresolvedArg, arg_defaults, base_images, copied_requirement_files, dockerfile_args, ray_pins,
+    UnresolvedArg, arg_defaults, base_images, copied_requirement_files, copied_sources, dockerfile_args, ray_pins,
 )
 from infra.stack_sections import CLUSTER_HARDWARE
 from tests.infra_helpers import STACKS
@@ -125,3 +125,12 @@ def test_distribution_packages_are_not_pinned_to_point_versions(dockerfile):
     # digest is the reproducible pin.
     assert [p for p in _apt_packages(dockerfile.read_text()) if "=" in p] == []
 
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_manual_build_ignore_file_admits_what_the_stacks_builds_copy(dockerfile):
+    admitted = [line[1:] for line in (dockerfile.parent / "Dockerfile.dockerignore").read_text().splitlines()
+                if line.startswith("!")]
+    text = dockerfile.read_text()
+    copied = {source for _, _, spec in BUILDS if REPO_ROOT / spec.dockerfile == dockerfile
+              for source in copied_sources(text, spec.build_args)}
+    assert sorted(admitted) == sorted(copied)

@@ -139,7 +139,10 @@ def test_cpu_groups_carry_custom_resources_and_vendor_selectors(mocks):
         assert {name: build["args"] for name, build in builds.items()} == {
             "llm-serving-intel": {"ENGINE": "bigdl", "RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"},
             "llm-serving-amd": {"ENGINE": "onnxruntime", "RAY_VERSION": "2.60.0", "PYTHON_VERSION": "3.11"}}
-        assert {build["dockerfile"] for build in builds.values()} == {str(REPO_ROOT / "images/cpu/Dockerfile")}
+        dockerfile = (REPO_ROOT / "images/cpu/Dockerfile").read_text()
+        for name, build in builds.items():  # each build its own copy of the one Dockerfile
+            assert build["dockerfile"] == f".cache/build-contexts/{name}/Dockerfile"
+            assert (REPO_ROOT / build["dockerfile"]).read_text() == dockerfile
         assert [p["containerPort"] for p in workers["cpu-intel"]["template"]["spec"]["containers"][0]["ports"]
                 if p["name"] == "serve"] == [8001]
 
