@@ -2,4 +2,4 @@
 
 from infra.program import main
 
-main()
+main(check_docker_daemon=True)  # the real engine: image builds need a daemon (render and the tests use none)

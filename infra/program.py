@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -12,6 +12,7 @@ from pulumi.runtime import config as runtime_config
 from .api_keys import ApiKeySecret, ApiKeySecretArgs, api_key_problems
 from .checks import StackCheckError, pack_warnings, raise_for_problems, run_checks
 from .config import StackConfig, StackConfigError, parse_stack_config
+from .docker_daemon import daemon_problem
 from .images import ServingImages, ServingImagesArgs
 from .kuberay import KubeRayOperator, KubeRayOperatorArgs
 from .manifests import head_service_name, labels, serve_service_name
@@ -117,8 +118,25 @@ def export_outputs(deployment: Deployment) -> None:
         lambda ns: f"kubectl -n {ns} port-forward svc/{head_service_name(stack)} 8265:8265"))
 
 
-def main() -> Deployment:
+def require_docker_daemon(stack: StackConfig, probe: Callable[[Optional[str]], Optional[str]] = daemon_problem) -> None:
+    """Images to build need the docker provider, which needs a daemon even to preview; say so, and the way around."""
+    built = [f"images.{h.value}" for h in stack.needed_hardware() if h in stack.images and stack.images[h].dockerfile]
+    if not built:
+        return
+    problem = probe(pulumi.Config("docker").get("host"))
+    if problem is not None:
+        raise pulumi.RunError(
+            f"{', '.join(built)} are built from Dockerfiles, which needs a Docker daemon, and none answers ({problem}). "
+            "Start Docker (or point DOCKER_HOST / `pulumi config set docker:host` at one), or build the images "
+            "elsewhere and give each a prebuilt reference instead of its dockerfile (reference: "
+            "<repository>@sha256:<digest>, with rayVersion and pythonVersion): preview and up then need no daemon")
+
+
+def main(check_docker_daemon: bool = False) -> Deployment:
+    """`check_docker_daemon`: the Pulumi CLI's run (the root __main__.py); render and the tests build nothing."""
     stack = load()
+    if check_docker_daemon:
+        require_docker_daemon(stack)
     config = pulumi.Config()
     hf_token = config.get_secret("hfToken")
     registry_password = config.get_secret("registryPassword")
