@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -92,9 +92,14 @@ def _from_pulumi_value(value: Any) -> Any:
     return value
 
 
-def parse_stack_config(config: Mapping[str, Any], project: str = PROJECT) -> StackConfig:
-    """Validate the project's keys of a Pulumi config map (`project:key` -> value); other namespaces are ignored."""
+def parse_stack_config(config: Mapping[str, Any], project: str = PROJECT,
+                       secret_keys: Iterable[str] = ()) -> StackConfig:
+    """Validate the project's keys of a Pulumi config map (`project:key` -> value); other namespaces are ignored.
+    `secret_keys`: the keys Pulumi marks secret. The CLI hands the program their values decrypted and names them in
+    PULUMI_CONFIG_SECRET_KEYS (a structured value is listed whole when any part of it is secret); a stack file read
+    directly shows them as {secure: ...}."""
     prefix = f"{project}:"
+    secret = set(secret_keys)
     raw: dict[str, Any] = {}
     for full_key, value in config.items():
         if not full_key.startswith(prefix):
@@ -103,8 +108,12 @@ def parse_stack_config(config: Mapping[str, Any], project: str = PROJECT) -> Sta
         if key in SECRET_KEYS:
             continue
         value = _from_pulumi_value(value)
-        if isinstance(value, dict) and set(value) == {"secure"}:  # `pulumi config set --secret` on a plain key
-            raise StackConfigError(f"{full_key}: only {', '.join(SECRET_KEYS)} may be secret config")
+        if full_key in secret or (isinstance(value, dict) and set(value) == {"secure"}):
+            # Everything else ends up in plain manifests (the RayService, Services): it would not stay secret.
+            raise StackConfigError(
+                f"{full_key}: only {', '.join(SECRET_KEYS)} may be secret config; this value goes into plain "
+                f"manifests: set it without --secret (pulumi config rm {full_key}, then pulumi config set "
+                f"[--path] {full_key} ...)")
         raw[key] = value
     try:
         return StackConfig.model_validate(raw)

@@ -32,7 +32,8 @@ def pulumi_config() -> dict[str, Any]:
 def load() -> StackConfig:
     """The validated stack config; every failure names the config key path, before any resource exists."""
     try:
-        stack = parse_stack_config(pulumi_config(), pulumi.get_project())
+        config = pulumi_config()
+        stack = parse_stack_config(config, pulumi.get_project(), [k for k in config if runtime_config.is_config_secret(k)])
         raise_for_problems(run_checks(stack))
     except (StackConfigError, StackCheckError) as error:
         raise pulumi.RunError(str(error)) from None

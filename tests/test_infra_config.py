@@ -3,8 +3,10 @@ needed)."""
 
 from __future__ import annotations
 
-from infra.config import load_stack
-from tests.infra_helpers import config_error, parse_document, with_values
+import pytest
+
+from infra.config import StackConfigError, load_stack, parse_stack_config, to_pulumi_config
+from tests.infra_helpers import config_error, parse_document, stack_document, with_values
 
 
 def test_gpu_stack_describes_the_cluster_it_targets():
@@ -55,7 +57,19 @@ def test_unknown_top_level_key():
 
 def test_only_the_secret_keys_may_be_secret():
     message = config_error("gpu", lambda v: v.update(namespace={"secure": "v1:AAAA"}))
-    assert message == "llm-serving:namespace: only hfToken, registryPassword, apiKeys may be secret config"
+    assert message.startswith("llm-serving:namespace: only hfToken, registryPassword, apiKeys may be secret config; "
+                              "this value goes into plain manifests: set it without --secret")
+
+
+def test_a_structured_value_set_secret_is_refused_as_the_cli_hands_it_over():
+    # `pulumi config set --secret --path serve.port 8000`: the CLI passes the whole value decrypted, as JSON text,
+    # and names the key in PULUMI_CONFIG_SECRET_KEYS.
+    config = to_pulumi_config(stack_document("gpu"))
+    parse_stack_config(config)  # the same values, not secret: fine
+    with pytest.raises(StackConfigError) as error:
+        parse_stack_config(config, secret_keys=["llm-serving:serve", "llm-serving:hfToken"])
+    assert str(error.value).startswith("llm-serving:serve: only hfToken, registryPassword, apiKeys may be secret")
+    assert "pulumi config rm llm-serving:serve" in str(error.value)
 
 
 def test_wrong_type_names_its_path():

@@ -228,6 +228,16 @@ def test_bad_config_fails_before_anything_is_created(mocks):
 
 
 @pulumi.runtime.test
+def test_secret_structured_config_is_refused_as_the_cli_passes_it(mocks):
+    # The CLI: values decrypted, their keys in PULUMI_CONFIG_SECRET_KEYS (set_all_config's second argument).
+    pulumi.runtime.set_all_config(pulumi_config(stack_document("cpu")), SECRET_KEYS + ["llm-serving:modelStorage"])
+    with pytest.raises(pulumi.RunError, match="llm-serving:modelStorage: only hfToken, registryPassword, apiKeys may "
+                                              "be secret config"):
+        main()
+    assert mocks.resources == []
+
+
+@pulumi.runtime.test
 def test_registry_without_password_is_refused(mocks):
     pulumi.runtime.set_all_config({k: v for k, v in pulumi_config(stack_document("cpu")).items()
                                    if not k.endswith("registryPassword")}, SECRET_KEYS)
