@@ -14,6 +14,7 @@ from .gpu_fit import check_gpu_fit, gpu_fit_warnings
 from .image_checks import check_images
 from .manifests import DIRECT_INGRESS_PORTS, RAY_PORTS
 from .stack_sections import MODELS_MOUNT, NodeGroup
+from .upgrade_checks import check_upgrade_strategy
 
 
 class StackCheckError(ValueError):
@@ -148,6 +149,7 @@ def run_checks(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
     from .autoscaling_checks import check_autoscaling  # here: it builds on this module's helpers
 
     problems += check_autoscaling(stack)
+    problems += check_upgrade_strategy(stack)
     return problems
 
 

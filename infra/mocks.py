@@ -31,6 +31,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def __init__(self, image_digests: bool = False) -> None:
         self.image_digests = image_digests
         self.resources: list[Recorded] = []
+        # Reads of objects the program does not manage (`Resource.get`, StackReference): recorded apart from the
+        # resources (render writes no manifest for them), answered from `existing` by (type, id), else empty.
+        self.reads: list[Recorded] = []
+        self.existing: dict[tuple[str, str], dict[str, Any]] = {}
+        # Outputs a provider would add to a managed resource's inputs (e.g. a RayService's status), by name.
+        self.computed: dict[str, dict[str, Any]] = {}
         # (type, name) -> position in the program. Registration order races (inputs resolve on worker threads);
         # declaration order is stable and is an apply order.
         self.declared: dict[tuple[str, str], int] = {}
@@ -42,8 +48,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return sorted(self.resources, key=lambda r: self.declared[(r.type, r.name)])
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
+        if args.resource_id:
+            self.reads.append(Recorded(args.typ, args.name, {"id": args.resource_id}))
+            return args.resource_id, self.existing.get((args.typ, args.resource_id), {})
         self.resources.append(Recorded(args.typ, args.name, args.inputs))
-        outputs = dict(args.inputs)
+        outputs = {**args.inputs, **self.computed.get(args.name, {})}
         if args.typ == IMAGE_TYPE:
             outputs["repoDigest"] = self._repo_digest(args.inputs["imageName"])
         return f"{args.name}-id", outputs

@@ -55,6 +55,16 @@ class LlmRayService(pulumi.ComponentResource):
         )
         timeout = _minutes(stack.ray_service.pulumi_timeout)
         upgrade = stack.ray_service.upgrade_strategy.type
+        depends = list(args.depends_on)
+        options = stack.ray_service.upgrade_strategy.cluster_upgrade_options
+        if options is not None:
+            # KubeRay's incremental upgrade routes traffic through a Gateway of this class; it does not check that
+            # Gateway API is there. Reading the GatewayClass fails the preview where it is not.
+            pulumi.log.info(f"NewClusterWithIncrementalUpgrade: reading GatewayClass {options.gateway_class_name!r} "
+                            "(Gateway API and its controller must be installed)", resource=self)
+            depends.append(k8s.apiextensions.CustomResource.get(
+                f"{name}-gateway-class", api_version="gateway.networking.k8s.io/v1", kind="GatewayClass",
+                id=options.gateway_class_name, opts=pulumi.ResourceOptions(parent=self)))
         self.ray_service = k8s.apiextensions.CustomResource(
             name,
             api_version="ray.io/v1",
@@ -68,7 +78,7 @@ class LlmRayService(pulumi.ComponentResource):
             spec=spec,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=list(args.depends_on),
+                depends_on=depends,
                 custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout, delete="30m"),
                 # With upgradeStrategy None KubeRay ignores rayClusterConfig changes; replacing the object rolls
                 # them out (with downtime, never with a second copy of the GPUs). Not on the autoscaler's own

@@ -311,6 +311,12 @@ class IncrementalUpgradeOptions(StrictModel):
     step_size_percent: int = Field(ge=1, le=100)
     max_surge_percent: int = Field(default=100, ge=1, le=100)
 
+    @model_validator(mode="after")
+    def _step_within_surge(self) -> "IncrementalUpgradeOptions":
+        if self.step_size_percent > self.max_surge_percent:  # KubeRay's ValidateClusterUpgradeOptions
+            raise ValueError("stepSizePercent must be less than or equal to maxSurgePercent")
+        return self
+
 
 class UpgradeStrategy(StrictModel):
     # None: never a second cluster (no 2x GPUs); a rayClusterConfig change makes Pulumi replace the RayService.

@@ -226,3 +226,30 @@ def test_problems_are_raised_together():
     with pytest.raises(StackCheckError) as error:
         raise_for_problems(["a", "b"])
     assert str(error.value) == "stack checks failed:\n  - a\n  - b"
+
+
+INCREMENTAL = {"type": "NewClusterWithIncrementalUpgrade",
+               "clusterUpgradeOptions": {"gatewayClassName": "istio", "intervalSeconds": 30, "stepSizePercent": 25}}
+
+
+def test_incremental_upgrade_needs_the_autoscaler():
+    def fixed_size(values):
+        values["rayService"]["upgradeStrategy"] = INCREMENTAL
+        for group in values["workerGroups"]:
+            group.pop("minReplicas", None)
+            group["replicas"] = group.pop("maxReplicas", group.get("replicas", 1))
+
+    problems = problems_of("gpu", fixed_size)
+    assert ("rayService.upgradeStrategy: NewClusterWithIncrementalUpgrade needs KubeRay's autoscaler, which this "
+            "stack does not run (KubeRay 1.7 refuses it: \"Ray Autoscaler is required for "
+            "NewClusterWithIncrementalUpgrade\")") in problems
+    assert "gatewayClassName 'istio' (preview reads that GatewayClass)" in problems
+    assert "NewClusterWithIncrementalUpgrade" not in problems_of(
+        "gpu", lambda v: v["rayService"].update(upgradeStrategy=INCREMENTAL))  # the shipped gpu stack autoscales
+
+
+def test_incremental_step_within_the_surge():
+    options = {**INCREMENTAL["clusterUpgradeOptions"], "stepSizePercent": 50, "maxSurgePercent": 25}
+    message = config_error("gpu", lambda v: v["rayService"].update(
+        upgradeStrategy={**INCREMENTAL, "clusterUpgradeOptions": options}))
+    assert "stepSizePercent must be less than or equal to maxSurgePercent" in message

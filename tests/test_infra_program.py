@@ -301,6 +301,9 @@ def test_exposure_and_upgrade_strategy_from_config(mocks):
         assert spec["rayClusterConfig"]["authOptions"] == {"mode": "token"}
         assert spec["upgradeStrategy"] == {"type": "NewClusterWithIncrementalUpgrade", "clusterUpgradeOptions": {
             "gatewayClassName": "istio", "intervalSeconds": 30, "stepSizePercent": 25, "maxSurgePercent": 100}}
+        # Gateway API must be there: preview reads the GatewayClass (and fails where it is not).
+        assert [(r.type, r.inputs["id"]) for r in mocks.reads] == [
+            ("kubernetes:gateway.networking.k8s.io/v1:GatewayClass", "istio")]
 
     return after(deployment, check)
 
