@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ValidationError
 
+from .access_log import RequestRecord
 from .engines.base import Engine, EngineDeadError, GenerationChunk, GenerationRequest, SamplingOptions
 from .protocol import (
     ChatCompletionRequest,
@@ -231,10 +232,13 @@ class OpenAIAPI:
             ignore_eos=getattr(body, "ignore_eos", False),
         )
 
-    async def _run(self, request: GenerationRequest, deadline: Optional[float] = None) -> AsyncIterator[GenerationChunk]:
+    async def _run(self, request: GenerationRequest, deadline: Optional[float] = None,
+                   record: Optional[RequestRecord] = None) -> AsyncIterator[GenerationChunk]:
         """The engine's stream until `deadline` (time.monotonic()); on any early exit (client gone, error, deadline)
-        the request is aborted in the engine."""
+        the request is aborted in the engine. `record` (the access log's) learns the tokens as they come."""
         finished = False
+        if record is not None:
+            record.generation(request.request_id, len(request.prompt_token_ids))
         chunks = self.engine.generate(request)
         try:
             while not finished:
@@ -248,6 +252,8 @@ class OpenAIAPI:
                         raise
                     raise dead from error
                 finished = chunk.finish_reason is not None
+                if record is not None:
+                    record.chunk(request.request_id, chunk.text, chunk.num_generated_tokens, chunk.finish_reason)
                 yield chunk
         finally:
             if not finished:
@@ -267,10 +273,11 @@ class OpenAIAPI:
             return dead
         return None
 
-    async def _collect(self, request: GenerationRequest, deadline: Optional[float]) -> tuple[str, GenerationChunk]:
+    async def _collect(self, request: GenerationRequest, deadline: Optional[float],
+                       record: Optional[RequestRecord] = None) -> tuple[str, GenerationChunk]:
         parts = []
         last = GenerationChunk(text="", num_generated_tokens=0, finish_reason="stop")
-        async for chunk in self._run(request, deadline):
+        async for chunk in self._run(request, deadline, record):
             parts.append(chunk.text)
             last = chunk
         return "".join(parts), last
@@ -304,16 +311,16 @@ class OpenAIAPI:
         return body, self._prepare_chat(body)
 
     async def answer(self, body: OpenAIRequest, request: GenerationRequest,
-                     deadline: Optional[float] = None) -> BaseModel:
+                     deadline: Optional[float] = None, record: Optional[RequestRecord] = None) -> BaseModel:
         """The whole answer to a completion or chat completion request."""
         shape = _SHAPES[type(body)]
-        text, last = await self._collect(request, deadline)
+        text, last = await self._collect(request, deadline, record)
         return shape.response(id=request.request_id, model=self.model_id,
                               choices=[shape.choice(text, last.finish_reason)],
                               usage=self._usage(request, last.num_generated_tokens))
 
     async def stream(self, body: OpenAIRequest, request: GenerationRequest,
-                     deadline: Optional[float] = None) -> AsyncIterator[bytes]:
+                     deadline: Optional[float] = None, record: Optional[RequestRecord] = None) -> AsyncIterator[bytes]:
         """The server-sent events of a streamed completion or chat completion: one per new text, then usage; an
         error after the stream began is its last event (as vLLM sends it), then [DONE]."""
         shape = _SHAPES[type(body)]
@@ -322,13 +329,15 @@ class OpenAIAPI:
             yield sse(shape.chunk.model_construct(**head, choices=[shape.opening]))
         generated = 0
         try:
-            async with aclosing(self._run(request, deadline)) as chunks:  # a consumer that stops reading aborts
+            async with aclosing(self._run(request, deadline, record)) as chunks:  # a consumer that stops reading aborts
                 async for chunk in chunks:
                     generated = chunk.num_generated_tokens
                     if chunk.text or chunk.finish_reason:
                         choice = shape.chunk_choice(chunk.text, chunk.finish_reason)
                         yield sse(shape.chunk.model_construct(**head, choices=[choice]))
         except Exception as error:
+            if record is not None:
+                record.fail()
             yield sse(_stream_error(error, request))
             yield SSE_DONE
             return
@@ -349,18 +358,22 @@ class OpenAIAPI:
             )
         return body, requests
 
-    async def legacy(self, requests: list[GenerationRequest], deadline: Optional[float] = None) -> LegacyResponse:
-        results = await asyncio.gather(*(self._collect(request, deadline) for request in requests))
+    async def legacy(self, requests: list[GenerationRequest], deadline: Optional[float] = None,
+                     record: Optional[RequestRecord] = None) -> LegacyResponse:
+        results = await asyncio.gather(*(self._collect(request, deadline, record) for request in requests))
         return LegacyResponse(text=[text for text, _ in results])
 
-    async def legacy_stream(self, request: GenerationRequest, deadline: Optional[float] = None) -> AsyncIterator[bytes]:
+    async def legacy_stream(self, request: GenerationRequest, deadline: Optional[float] = None,
+                            record: Optional[RequestRecord] = None) -> AsyncIterator[bytes]:
         """JSON lines, one per new text; an error after the stream began is a last line with the error body."""
         try:
-            async with aclosing(self._run(request, deadline)) as chunks:
+            async with aclosing(self._run(request, deadline, record)) as chunks:
                 async for chunk in chunks:
                     if chunk.text:
                         yield LegacyStreamChunk.model_construct(text=chunk.text).model_dump_json().encode() + b"\n"
         except Exception as error:
+            if record is not None:
+                record.fail()
             yield _stream_error(error, request).model_dump_json().encode() + b"\n"
 
 

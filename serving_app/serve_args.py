@@ -82,6 +82,10 @@ class ServeArgs(BaseModel):
     request_timeout_s: Optional[float] = Field(
         default=None, gt=0, description="Per-request deadline from arrival: 504, or an error event once streaming."
     )
+    access_log_text: bool = Field(
+        default=False, description="Put each request's body and generated text in its access log line (off: "
+                                   "prompts and completions may be confidential)."
+    )
     num_cpus: float = Field(default=1, gt=0, description="CPUs reserved per replica.")
     resources: dict[str, float] = Field(
         default_factory=dict, description="Ray custom resources per replica, e.g. {amd_cpu: 1}."

@@ -8,6 +8,7 @@ import os
 from typing import Any, AsyncIterator, Optional
 
 from .base import Engine, EngineDeadError, EngineStats, GenerationChunk, GenerationRequest
+from ..metrics import MetricLabels, Sink, prometheus_classes, process_sink
 from ..model_shapes import FP8_CHECKPOINT_METHODS, local_config
 from ..serve_args import DataType, ServeArgs
 from .options import VLLMOptions
@@ -88,8 +89,10 @@ class VLLMEngine(Engine):
             # ... and make its `ray.init()` join this cluster: without an address it would start a second, private
             # Ray on the same node (a non-default --temp-dir hides the running one) with every GPU in it.
             os.environ["RAY_ADDRESS"] = _current_gcs_address()
+        sink = process_sink()
         self._engine = AsyncLLM.from_vllm_config(
-            config, usage_context=UsageContext.OPENAI_API_SERVER, disable_log_stats=engine_args.disable_log_stats
+            config, usage_context=UsageContext.OPENAI_API_SERVER, disable_log_stats=engine_args.disable_log_stats,
+            stat_loggers=None if sink is None else [stat_logger_class(MetricLabels.of(self.args), sink)],
         )
         self._tokenizer = self._engine.tokenizer
         if self._tokenizer is None:
@@ -157,6 +160,17 @@ class VLLMEngine(Engine):
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+
+
+def stat_logger_class(labels: MetricLabels, sink: Sink) -> type:
+    """vLLM's RayPrometheusStatLogger recording through the serving metrics' classes (serving_app/metrics.py): its
+    statistics (TTFT, cache usage, preemptions, ...) exported through Ray with the labels every engine's series
+    carry. A custom logger keeps vLLM's statistics on while disable_log_stats keeps them out of the log."""
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+    gauge, counter, histogram = prometheus_classes(sink, labels)
+    return type("ServingStatLogger", (RayPrometheusStatLogger,),
+                {"_gauge_cls": gauge, "_counter_cls": counter, "_histogram_cls": histogram})
 
 
 def _model_config(model_name: str) -> Optional[dict[str, Any]]:

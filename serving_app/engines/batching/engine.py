@@ -12,9 +12,11 @@ from typing import Any, AsyncIterator, Optional, Sequence
 
 import torch
 
+from ...metrics import MetricLabels, process_sink
 from ...serve_args import ServeArgs
 from ..base import Engine, EngineDeadError, EngineStats, GenerationChunk, GenerationRequest
 from ..options import BatchingOptions
+from .metrics import NO_METRICS, BatchMetrics
 from .scheduler import BatchModel, BatchScheduler
 
 logger = logging.getLogger("ray.serve")
@@ -55,6 +57,9 @@ class BatchingEngine(Engine):
 
     async def start(self) -> None:
         loaded = await asyncio.to_thread(self._load_with_threads)
+        sink = process_sink()
+        metrics = NO_METRICS if sink is None else BatchMetrics(
+            sink, MetricLabels.of(self.args), capacity=self.batch_size * loaded.max_model_len)
         scheduler = BatchScheduler(
             loaded.model, loaded.tokenizer,
             max_model_len=loaded.max_model_len,
@@ -64,6 +69,7 @@ class BatchingEngine(Engine):
             max_prefill_tokens=self.options.max_prefill_tokens,
             name=self.label,
             num_threads=self.num_threads,
+            metrics=metrics,
         )
         scheduler.start()
         self._loaded, self._scheduler = loaded, scheduler

@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Optional, Protocol, Sequence
 import torch
 
 from ..base import EngineDeadError, EngineStats, GenerationChunk, GenerationRequest
+from .metrics import NO_METRICS, Observer
 from .sampling import sample
 from .sequence import Row, Stream
 
@@ -44,6 +45,8 @@ class BatchModel(Protocol):
     def reset(self) -> None:
         """Forget every row (after a failed step, whose cache state is unknown)."""
 
+    # Optional: `cache_bytes() -> int`, the bytes the KV cache holds now (the serving_kv_cache_bytes metric).
+
 
 class BatchScheduler:
     """Owns the worker thread and the running batch. `generate`, `abort` and `stats` are called from the
@@ -51,7 +54,7 @@ class BatchScheduler:
 
     def __init__(self, model: BatchModel, tokenizer: Any, *, max_model_len: int, eos_token_ids: Sequence[int],
                  batch_size: int, batch_timeout: float, max_prefill_tokens: int, name: str = "engine",
-                 num_threads: Optional[int] = None):
+                 num_threads: Optional[int] = None, metrics: Observer = NO_METRICS):
         """batch_size: most running rows; batch_timeout: seconds an idle worker waits for company after the first
         request; max_prefill_tokens: padded tokens (rows x longest prompt) one prefill forward may hold, which
         bounds the memory a burst of long prompts needs (a larger burst is prefilled in several groups)."""
@@ -68,6 +71,7 @@ class BatchScheduler:
         self.max_prefill_tokens = max_prefill_tokens
         self.name = name
         self.num_threads = num_threads
+        self.metrics = metrics
         self._cond = threading.Condition()
         self._pending: collections.deque[Stream] = collections.deque()
         self._streams: dict[str, Stream] = {}  # pending and running, by request id
@@ -158,6 +162,7 @@ class BatchScheduler:
         if self.num_threads:  # OpenMP's thread count is per thread: set it where the forwards run
             torch.set_num_threads(self.num_threads)
         try:
+            self._report()
             while True:
                 admitted = self._admit()
                 if admitted is None:
@@ -167,6 +172,7 @@ class BatchScheduler:
                     self._prefill(admitted)
                 if self._rows:
                     self._decode()
+                self._report()
             reason: BaseException = EngineDeadError(f"{self.name} engine is shut down")
         except BaseException as error:  # a bug in this loop: the replica must be replaced
             logger.exception("%s batching thread died", self.name)
@@ -209,15 +215,24 @@ class BatchScheduler:
                 if self._streams.pop(row.stream.request.request_id, None) is not None:
                     self._running -= 1
 
+    def _report(self) -> None:
+        with self._cond:
+            running, waiting = self._running, len(self._pending)
+        cache_bytes = getattr(self.model, "cache_bytes", None)
+        self.metrics.state(running, waiting, self._rows, cache_bytes() if cache_bytes else None)
+
     def _emit(self, rows: Sequence[Row], tokens: Sequence[int]) -> None:
+        now = time.monotonic()
         for row, token in zip(rows, tokens):
             if row.stream.aborted:
                 continue
             chunk = row.accept(token, self.max_model_len)
+            self.metrics.token(row, now)
             if chunk is None:
                 continue
             if chunk.finish_reason is not None:
                 self._release([row])  # before the answer: whoever sees it finished sees it gone from stats
+                self.metrics.finished(row, now)
             row.stream.post(chunk)
 
     def _fail(self, rows: Sequence[Row], error: Exception) -> None:
@@ -245,6 +260,7 @@ class BatchScheduler:
             logger.exception("%s prefill failed", self.name)
             self._fail(rows, error)
             return
+        self.metrics.step("prefill", rows, sum(len(row.prompt) for row in rows))
         self._rows.extend(rows)
         self._emit(rows, sample(logits, rows))
         self._drop_finished()
@@ -261,6 +277,7 @@ class BatchScheduler:
             self.model.reset()
             return
         self.steps += 1
+        self.metrics.step("decode", rows, 0)
         for row in rows:
             row.position += 1
         self._emit(rows, sample(logits, rows))

@@ -45,6 +45,8 @@ class Row:
         self.generated = 0
         self.next_token = -1  # sampled, not yet fed to the model
         self.position = len(self.prompt)  # tokens in the KV cache
+        self.scheduled = time.monotonic()  # left the queue (metrics: queue wait)
+        self.last_token_at: Optional[float] = None  # time.monotonic() of its latest token (metrics)
         self.ids = list(self.prompt[-DETOKENIZE_CONTEXT:])
         self.prefix_offset = 0
         self.read_offset = len(self.ids)

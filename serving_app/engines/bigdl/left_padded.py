@@ -133,3 +133,12 @@ class LeftPaddedBatch:
 
     def reset(self) -> None:
         self._past, self._mask = None, None
+
+    def cache_bytes(self) -> int:
+        """Memory the cache holds: each tensor's whole storage, once (BigDL-LLM's are views of larger buffers)."""
+        storages = {}
+        for layer in self._past or ():
+            for tensor in layer:
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())

@@ -110,3 +110,7 @@ class SharedKVCacheModel:
 
     def reset(self) -> None:
         self.lengths = []
+
+    def cache_bytes(self) -> int:
+        """Memory the preallocated buffers hold (all batch_size slots, however many rows run)."""
+        return sum(buffer.nbytes for buffer in self.buffers.values())
