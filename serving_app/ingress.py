@@ -16,11 +16,13 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 
+from .access_log import RECORD, AccessLog
 from .api import ANSWERED_ERRORS, OpenAIAPI, as_api_error, error_response
 from .auth import ENV as API_KEYS_ENV, APIKeys
 from .engines.registry import create_engine
 from .engines.base import EngineDeadError
 from .limits import DEADLINE, Admission, Guard
+from .metrics import REQUESTS, MetricLabels, Recorder, ray_sink
 from .placement import deployment_options
 from .serve_args import ServeArgs, parse_serve_args
 
@@ -107,6 +109,8 @@ async def _whole_answer(request: Request, answer: Awaitable[BaseModel]) -> Respo
                 payload = work.result()
             except ANSWERED_ERRORS as error:
                 payload = error_response(error)[1]
+                if request.scope.get(RECORD) is not None:
+                    request.scope[RECORD].fail()
             yield payload.model_dump_json().encode()
         finally:
             work.cancel()  # the client left (the stream was cancelled): abort the generation
@@ -117,11 +121,11 @@ async def _whole_answer(request: Request, answer: Awaitable[BaseModel]) -> Respo
 async def _openai_answer(request: Request, api: OpenAIAPI, parse: Callable[[bytes], Any]) -> Response:
     """A completion or chat completion: server-sent events when the body asks to stream, else the whole answer."""
     body, generation = await api.prepare(parse, await request.body())
-    deadline = request.scope.get(DEADLINE)
+    deadline, record = request.scope.get(DEADLINE), request.scope.get(RECORD)
     if body.stream:
-        return StreamingResponse(api.stream(body, generation, deadline), media_type="text/event-stream",
+        return StreamingResponse(api.stream(body, generation, deadline, record), media_type="text/event-stream",
                                  headers=_SSE_HEADERS)
-    return await _whole_answer(request, api.answer(body, generation, deadline))
+    return await _whole_answer(request, api.answer(body, generation, deadline, record))
 
 
 @serve.deployment(
@@ -146,6 +150,10 @@ class LLMServer:
         # stack on the app's first call (Serve's lifespan startup), which comes after __init__.
         app.add_middleware(Guard, keys=keys, admission=self.admission, max_body_bytes=self.args.max_request_bytes,
                            timeout_s=self.args.request_timeout_s)
+        # Outermost (added last), so it sees the guard's answers too.
+        app.add_middleware(AccessLog, application=serve.get_replica_context().app_name,
+                           model=self.args.served_model_name, include_text=self.args.access_log_text,
+                           recorder=Recorder(ray_sink(), MetricLabels.of(self.args), [REQUESTS]))
 
     async def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy so it is replaced."""
@@ -178,11 +186,11 @@ class LLMServer:
     async def legacy(self, request: Request) -> Response:
         """The legacy chatbot API (serving_app.protocol), kept for its existing client."""
         body, generations = await self.api.prepare(self.api.legacy_requests, await request.body())
-        deadline = request.scope.get(DEADLINE)
+        deadline, record = request.scope.get(DEADLINE), request.scope.get(RECORD)
         if body.stream:
-            return StreamingResponse(self.api.legacy_stream(generations[0], deadline),
+            return StreamingResponse(self.api.legacy_stream(generations[0], deadline, record),
                                      media_type="application/x-ndjson")
-        return await _whole_answer(request, self.api.legacy(generations, deadline))
+        return await _whole_answer(request, self.api.legacy(generations, deadline, record))
 
     async def __del__(self):
         engine = getattr(self, "engine", None)  # absent when __init__ failed

@@ -54,7 +54,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(engine: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """The app deployed on a local Ray from a Serve config, as KubeRay deploys serveConfigV2."""
-    ray = LocalRay(num_cpus=4).start()
+    ray = LocalRay(num_cpus=4)
+    # Metrics exported every 2 s, not Ray's 10: the metrics tests wait for two exports after their traffic.
+    ray.env["RAY_metrics_report_interval_ms"] = "2000"
+    ray.start()
     try:
         args = serve_args(EngineName(engine), tiny_model, tmp_path_factory.mktemp(f"{engine}-work"))
         ray.serve.deploy(ray.serve_config([application("llm", ROUTE, args)]))
