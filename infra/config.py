@@ -18,7 +18,8 @@ from serving_app.enums import TargetDevice
 from serving_app.serve_args import describe_validation_error
 
 from .stack_sections import (
-    Autoscaler, CLUSTER_HARDWARE, DNS_LABEL, Dashboard, ImageSpec, KubeRay, ModelStorage, NetworkPolicyOptions,
+    Autoscaler, CLUSTER_HARDWARE, DNS_LABEL, Dashboard, ImageSpec, KubeRay, KubeRayOperatorOptions, ModelStorage,
+    NetworkPolicyOptions,
     NodeGroup, RayServiceOptions, Registry, Serve, StrictModel, WorkerGroup,
 )
 
@@ -79,6 +80,16 @@ class StackConfig(StrictModel):
         return [hardware for hardware in CLUSTER_HARDWARE if hardware in present]
 
 
+OPERATOR_KEY = "operator"
+
+
+class OperatorStackConfig(StrictModel):
+    """A stack that installs only the cluster's KubeRay operator (Pulumi.kuberay.yaml): one per cluster, which the
+    serving stacks name in kuberay.stack."""
+
+    operator: KubeRayOperatorOptions
+
+
 # ---- loading -------------------------------------------------------------------------------------------------
 
 
@@ -92,12 +103,11 @@ def _from_pulumi_value(value: Any) -> Any:
     return value
 
 
-def parse_stack_config(config: Mapping[str, Any], project: str = PROJECT,
-                       secret_keys: Iterable[str] = ()) -> StackConfig:
-    """Validate the project's keys of a Pulumi config map (`project:key` -> value); other namespaces are ignored.
-    `secret_keys`: the keys Pulumi marks secret. The CLI hands the program their values decrypted and names them in
-    PULUMI_CONFIG_SECRET_KEYS (a structured value is listed whole when any part of it is secret); a stack file read
-    directly shows them as {secure: ...}."""
+def _project_values(config: Mapping[str, Any], project: str, secret_keys: Iterable[str]) -> dict[str, Any]:
+    """The project's plain keys of a Pulumi config map (`project:key` -> value), structured values parsed; other
+    namespaces are ignored. `secret_keys`: the keys Pulumi marks secret. The CLI hands the program their values
+    decrypted and names them in PULUMI_CONFIG_SECRET_KEYS (a structured value is listed whole when any part of it is
+    secret); a stack file read directly shows them as {secure: ...}."""
     prefix = f"{project}:"
     secret = set(secret_keys)
     raw: dict[str, Any] = {}
@@ -115,13 +125,36 @@ def parse_stack_config(config: Mapping[str, Any], project: str = PROJECT,
                 f"manifests: set it without --secret (pulumi config rm {full_key}, then pulumi config set "
                 f"[--path] {full_key} ...)")
         raw[key] = value
+    return raw
+
+
+def _validate(model: type[StrictModel], raw: dict[str, Any], project: str) -> Any:
     try:
-        return StackConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
+        prefix = f"{project}:"
         lines = describe_validation_error(error).splitlines()
         body = "\n".join(f"  {prefix}{line}" if not line.startswith("(root)") else f"  {project}: {line[8:]}"
                          for line in lines)
         raise StackConfigError(f"invalid stack configuration:\n{body}") from None
+
+
+def is_operator_stack(config: Mapping[str, Any], project: str = PROJECT) -> bool:
+    return f"{project}:{OPERATOR_KEY}" in config
+
+
+def parse_stack_config(config: Mapping[str, Any], project: str = PROJECT,
+                       secret_keys: Iterable[str] = ()) -> StackConfig:
+    """A serving stack's validated config (see _project_values for what Pulumi hands over)."""
+    if is_operator_stack(config, project):
+        raise StackConfigError(f"{project}:{OPERATOR_KEY}: this stack installs the KubeRay operator only "
+                               "(OperatorStackConfig); a serving stack names that stack in kuberay.stack")
+    return _validate(StackConfig, _project_values(config, project, secret_keys), project)
+
+
+def parse_operator_stack_config(config: Mapping[str, Any], project: str = PROJECT,
+                                secret_keys: Iterable[str] = ()) -> OperatorStackConfig:
+    return _validate(OperatorStackConfig, _project_values(config, project, secret_keys), project)
 
 
 def to_pulumi_config(stack_yaml: Mapping[str, Any]) -> dict[str, str]:

@@ -11,12 +11,16 @@ from pulumi.runtime import config as runtime_config
 
 from .api_keys import ApiKeySecret, ApiKeySecretArgs, api_key_problems
 from .checks import StackCheckError, pack_warnings, raise_for_problems, run_checks
-from .config import StackConfig, StackConfigError, parse_stack_config
+from .config import (
+    OperatorStackConfig, StackConfig, StackConfigError, is_operator_stack, parse_operator_stack_config,
+    parse_stack_config,
+)
 from .docker_daemon import daemon_problem
 from .images import ServingImages, ServingImagesArgs
-from .kuberay import KubeRayOperator, KubeRayOperatorArgs
+from .kuberay import OUTPUT as OPERATOR_OUTPUT, KubeRayOperator, KubeRayOperatorArgs, operator_facts, require_server_side_apply
 from .manifests import head_service_name, labels, serve_service_name
 from .model_storage import ModelStorageArgs, ModelVolume
+from .operator_ref import operator_dependency
 from .network_policy import RayNetworkPolicy
 from .ray_service import LlmRayService, LlmRayServiceArgs
 from .secrets import ServingSecrets, ServingSecretsArgs
@@ -29,11 +33,16 @@ def pulumi_config() -> dict[str, Any]:
     return merged
 
 
+def secret_keys(config: dict[str, Any]) -> list[str]:
+    """The keys Pulumi marks secret (PULUMI_CONFIG_SECRET_KEYS under the CLI)."""
+    return [key for key in config if runtime_config.is_config_secret(key)]
+
+
 def load() -> StackConfig:
     """The validated stack config; every failure names the config key path, before any resource exists."""
     try:
         config = pulumi_config()
-        stack = parse_stack_config(config, pulumi.get_project(), [k for k in config if runtime_config.is_config_secret(k)])
+        stack = parse_stack_config(config, pulumi.get_project(), secret_keys(config))
         raise_for_problems(run_checks(stack))
     except (StackConfigError, StackCheckError) as error:
         raise pulumi.RunError(str(error)) from None
@@ -55,7 +64,7 @@ class Deployment:
 def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
            registry_password: Optional[pulumi.Input[str]], api_keys: Optional[pulumi.Input[str]] = None) -> Deployment:
     name = stack.ray_service.name
-    depends: list[pulumi.Resource] = []
+    depends: list[pulumi.Input[pulumi.Resource]] = []
     if stack.create_namespace:
         ns = k8s.core.v1.Namespace("namespace", metadata=k8s.meta.v1.ObjectMetaArgs(
             name=stack.namespace, labels=labels(stack, "namespace")))
@@ -64,9 +73,9 @@ def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
     else:
         namespace = pulumi.Output.from_input(stack.namespace)
 
-    if stack.kuberay.install:
-        depends.append(KubeRayOperator("kuberay-operator", KubeRayOperatorArgs(
-            namespace=stack.kuberay.namespace, values=stack.kuberay.values)))
+    operator = operator_dependency(stack)
+    if operator is not None:
+        depends.append(operator)
 
     images = ServingImages("images", ServingImagesArgs(
         images={hardware: stack.images[hardware] for hardware in stack.needed_hardware()},
@@ -133,8 +142,24 @@ def require_docker_daemon(stack: StackConfig, probe: Callable[[Optional[str]], O
             "<repository>@sha256:<digest>, with rayVersion and pythonVersion): preview and up then need no daemon")
 
 
-def main(check_docker_daemon: bool = False) -> Deployment:
+def deploy_operator(stack: OperatorStackConfig) -> KubeRayOperator:
+    """The operator stack: the KubeRay chart and its CRDs, once per cluster."""
+    require_server_side_apply()
+    options = stack.operator
+    operator = KubeRayOperator("kuberay-operator", KubeRayOperatorArgs(namespace=options.namespace,
+                                                                       values=options.values))
+    pulumi.export(OPERATOR_OUTPUT, operator_facts(options.namespace))
+    return operator
+
+
+def main(check_docker_daemon: bool = False) -> Deployment | KubeRayOperator:
     """`check_docker_daemon`: the Pulumi CLI's run (the root __main__.py); render and the tests build nothing."""
+    config = pulumi_config()
+    if is_operator_stack(config, pulumi.get_project()):
+        try:
+            return deploy_operator(parse_operator_stack_config(config, pulumi.get_project(), secret_keys(config)))
+        except StackConfigError as error:
+            raise pulumi.RunError(str(error)) from None
     stack = load()
     if check_docker_daemon:
         require_docker_daemon(stack)

@@ -35,7 +35,7 @@ class LlmRayServiceArgs:
     model_claim_name: Optional[str] = None
     api_keys_secret_name: Optional[str] = None
     # The operator, the Secrets and the claim: pods created before them would fail or never be reconciled.
-    depends_on: Sequence[pulumi.Resource] = ()
+    depends_on: Sequence[pulumi.Input[pulumi.Resource]] = ()
 
 
 class LlmRayService(pulumi.ComponentResource):

@@ -20,6 +20,7 @@ from .mocks import Recorded, RecordingMocks, run_with_mocks
 from .program import main
 
 REDACTED = "REDACTED (pulumi secret config; written by pulumi up only)"
+CHART_TYPE = "kubernetes:helm.sh/v4:Chart"
 
 
 def redact(value: Any) -> Any:
@@ -46,7 +47,8 @@ def _ordered(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def _helm_documents(inputs: dict[str, Any]) -> list[dict[str, Any]]:
-    """The operator's Helm release as Flux objects: the chart cannot be templated offline, but it can be named."""
+    """The operator's chart as Flux objects: the chart cannot be templated offline, but it can be named. Flux, like
+    the program, installs and upgrades the chart's CRDs with it."""
     namespace = inputs["namespace"]
     repository = {"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
                   "metadata": {"name": "kuberay", "namespace": namespace},
@@ -56,12 +58,9 @@ def _helm_documents(inputs: dict[str, Any]) -> list[dict[str, Any]]:
                "spec": {"interval": "1h",
                         "chart": {"spec": {"chart": inputs["chart"], "version": inputs["version"],
                                            "sourceRef": {"kind": "HelmRepository", "name": "kuberay"}}},
-                        "install": {"crds": "Create"}, "upgrade": {"crds": "CreateReplace"},
+                        "install": {"crds": "CreateReplace"}, "upgrade": {"crds": "CreateReplace"},
                         "values": inputs.get("values") or {}}}
-    documents = [repository, release]
-    if inputs.get("createNamespace"):
-        documents.insert(0, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    return documents
+    return [repository, release]
 
 
 def manifests(resources: list[Recorded]) -> list[dict[str, Any]]:
@@ -69,7 +68,7 @@ def manifests(resources: list[Recorded]) -> list[dict[str, Any]]:
     documents: list[dict[str, Any]] = []
     for resource in resources:
         inputs = redact(resource.inputs)
-        if resource.type == "kubernetes:helm.sh/v3:Release":
+        if resource.type == CHART_TYPE:
             documents += _helm_documents(inputs)
         elif resource.type.startswith("kubernetes:"):
             documents.append(_ordered(inputs))
@@ -89,13 +88,15 @@ _Dumper.add_representer(str, _str)
 
 
 def render(stack: str, out: Path, root: Path = REPO_ROOT) -> list[Path]:
-    """Write one file per document into `out`; returns the paths."""
+    """Write one file per document into `out` (replacing an earlier render's files there); returns the paths."""
     config = to_pulumi_config(read_stack_file(stack, root))
     for key in SECRET_KEYS:
         config[f"{PROJECT}:{key}"] = f"<{key}>"  # placeholders: the real values never enter this process
-    mocks = RecordingMocks()
+    mocks = RecordingMocks(root=root)
     run_with_mocks(main, mocks, stack, config, [f"{PROJECT}:{key}" for key in SECRET_KEYS])
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("[0-9][0-9]-*.yaml"):  # an earlier render's, maybe of a resource no longer declared
+        stale.unlink()
     written = []
     for index, document in enumerate(manifests(mocks.in_declaration_order())):
         slug = re.sub(r"[^a-z0-9.-]+", "-", f"{document['kind']}-{document['metadata']['name']}".lower())

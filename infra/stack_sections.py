@@ -202,7 +202,26 @@ class Registry(StrictModel):
 
 
 class KubeRay(StrictModel):
-    install: bool = Field(default=True, description="False where the operator is already installed.")
+    """A serving stack's KubeRay operator: installed once per cluster by its own stack (Pulumi.kuberay.yaml), so
+    destroying a serving stack never removes what another uses. Preview checks the named stack is up, runs the chart
+    version this program writes RayServices for, and in `namespace` (where the NetworkPolicy lets the operator in)."""
+
+    stack: Optional[str] = Field(default="kuberay", min_length=1,
+                                 description="The operator's stack; null: installed outside Pulumi, not checked.")
+    namespace: str = Field(default="kuberay-system", pattern=DNS_LABEL)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _installed_elsewhere(cls, data: Any) -> Any:
+        if isinstance(data, dict) and {"install", "values"} & set(data):
+            raise ValueError("install/values: the operator is installed by its own stack now, once per cluster "
+                             "(Pulumi.kuberay.yaml, llm-serving:operator); name that stack here: {stack: kuberay}")
+        return data
+
+
+class KubeRayOperatorOptions(StrictModel):
+    """The operator stack's section: the KubeRay Helm chart (infra.config.KUBERAY_CHART_VERSION) and its CRDs."""
+
     namespace: str = Field(default="kuberay-system", pattern=DNS_LABEL)
     values: dict[str, Any] = Field(default_factory=dict, description="Extra Helm values.")
 

@@ -60,16 +60,20 @@ def test_serving_images_build_with_the_clusters_versions(mocks):
 
 
 @pulumi.runtime.test
-def test_kuberay_operator_chart_is_pinned(mocks):
+def test_kuberay_operator_chart_is_pinned_with_its_crds_and_protected(mocks):
     operator = KubeRayOperator("kuberay", KubeRayOperatorArgs(namespace="ops", values={"batchScheduler": {}}))
 
     def check(_):
-        release = mocks.one("kubernetes:helm.sh/v3:Release").inputs
-        assert (release["chart"], release["version"], release["namespace"]) == ("kuberay-operator", "1.7.0", "ops")
-        assert release["repositoryOpts"] == {"repo": "https://ray-project.github.io/kuberay-helm/"}
-        assert release["createNamespace"] is True and release["values"] == {"batchScheduler": {}}
+        chart = mocks.one("kubernetes:helm.sh/v4:Chart").inputs
+        assert (chart["chart"], chart["version"], chart["namespace"]) == ("kuberay-operator", "1.7.0", "ops")
+        assert chart["repositoryOpts"] == {"repo": "https://ray-project.github.io/kuberay-helm/"}
+        assert chart["values"] == {"batchScheduler": {}}
+        # Pulumi applies the chart's CRDs (server-side) and upgrades them with the chart; Helm would not.
+        assert chart["skipCrds"] is False
+        assert mocks.one("kubernetes:core/v1:Namespace").inputs["metadata"]["name"] == "ops"
 
-    return operator.release.urn.apply(check)
+    assert operator.chart._protect and operator.namespace._protect  # destroy would delete every RayService's CRD
+    return operator.chart.urn.apply(check)
 
 
 @pulumi.runtime.test

@@ -122,12 +122,21 @@ def test_no_secret_value_is_written(rendered):
         assert "data" not in secret
 
 
-def test_operator_is_rendered_as_a_pinned_helm_release(rendered):
-    _, paths = rendered
-    by_kind = {d["kind"]: d for d in documents(paths)}
+def test_the_operator_is_rendered_by_its_own_stack_as_a_pinned_helm_release(tmp_path):
+    by_kind = {d["kind"]: d for d in documents(render("kuberay", tmp_path))}
     chart = by_kind["HelmRelease"]["spec"]["chart"]["spec"]
     assert (chart["chart"], chart["version"]) == ("kuberay-operator", "1.7.0")
+    # Flux, like the program, upgrades the chart's CRDs with it (Helm alone installs them once).
+    assert by_kind["HelmRelease"]["spec"]["upgrade"] == {"crds": "CreateReplace"}
     assert by_kind["HelmRepository"]["spec"]["url"] == "https://ray-project.github.io/kuberay-helm/"
+    assert by_kind["Namespace"]["metadata"]["name"] == "kuberay-system"
+
+
+def test_render_replaces_an_earlier_renders_files(tmp_path):
+    (tmp_path / "09-secret-gone.yaml").write_text("kind: Secret\n")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    written = render("cpu", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p.name for p in written] + ["notes.txt"])
 
 
 def test_render_runs_the_checks(tmp_path):
@@ -179,6 +188,7 @@ def test_amd_gpu_pods_leave_gpu_masking_to_vllm(tmp_path):
     """A TP=4 replica on AMD GPUs: Ray must not mask the GPUs of the replica's workers (HARDWARE_ENV in
     infra/manifests.py says why); NVIDIA pods keep Ray's masking."""
     (tmp_path / "Pulumi.amd.yaml").write_text(yaml.safe_dump(with_values("gpu", amd_gpu_cluster)))
+    (tmp_path / "Pulumi.kuberay.yaml").write_text((REPO_ROOT / "Pulumi.kuberay.yaml").read_text())
     paths = render("amd", tmp_path / "out", root=tmp_path)
     cluster = next(d for d in documents(paths) if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
     envs = {group["groupName"]: {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
