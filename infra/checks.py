@@ -13,6 +13,7 @@ from .config import REPO_ROOT, StackConfig
 from .gpu_fit import check_gpu_fit, gpu_fit_warnings
 from .image_checks import check_images
 from .manifests import DIRECT_INGRESS_PORTS, RAY_PORTS
+from .monitoring_spec import check_monitoring
 from .stack_sections import MODELS_MOUNT, NodeGroup
 from .upgrade_checks import check_upgrade_strategy
 
@@ -150,6 +151,7 @@ def run_checks(stack: StackConfig, root: Path = REPO_ROOT) -> list[str]:
 
     problems += check_autoscaling(stack)
     problems += check_upgrade_strategy(stack)
+    problems += check_monitoring(stack)
     return problems
 
 

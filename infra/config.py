@@ -19,8 +19,7 @@ from serving_app.serve_args import describe_validation_error
 
 from .stack_sections import (
     Autoscaler, CLUSTER_HARDWARE, DNS_LABEL, Dashboard, ImageSpec, KubeRay, KubeRayOperatorOptions, ModelStorage,
-    NetworkPolicyOptions,
-    NodeGroup, RayServiceOptions, Registry, Serve, StrictModel, WorkerGroup,
+    Monitoring, NetworkPolicyOptions, NodeGroup, RayServiceOptions, Registry, Serve, StrictModel, WorkerGroup,
 )
 
 PROJECT = "llm-serving"
@@ -52,6 +51,7 @@ class StackConfig(StrictModel):
     serve: Serve
     dashboard: Dashboard = Field(default_factory=Dashboard)
     network_policy: NetworkPolicyOptions = Field(default_factory=NetworkPolicyOptions)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
     ray_service: RayServiceOptions = Field(default_factory=RayServiceOptions)
     autoscaler: Autoscaler = Field(default_factory=Autoscaler)
 

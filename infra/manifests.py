@@ -28,6 +28,12 @@ def labels(stack: StackConfig, component: str) -> dict[str, str]:
     }
 
 
+def ray_pod_selector(stack: StackConfig) -> dict[str, Any]:
+    """Every Ray pod of this stack: two of our labels on the pod template (KubeRay 1.7 keeps them)."""
+    ours = labels(stack, "ray-node")
+    return {"matchLabels": {key: ours[key] for key in ("app.kubernetes.io/instance", "app.kubernetes.io/component")}}
+
+
 def serve_service_name(stack: StackConfig) -> str:
     return f"{stack.ray_service.name}-serve"
 
@@ -75,6 +81,24 @@ DIRECT_INGRESS_PORTS = {"replica HTTP (direct ingress)": range(30000, 31000),
                         "replica gRPC (direct ingress)": range(40000, 41000)}
 
 
+# stack.monitoring: the Ray dashboard's settings for its embedded Grafana charts (read by its metrics module on the
+# head), by the option that sets them; and the pod annotations a plain Prometheus's kubernetes_sd config keeps.
+MONITORING_HEAD_ENV = {"RAY_GRAFANA_HOST": "grafana_host", "RAY_GRAFANA_IFRAME_HOST": "grafana_iframe_host",
+                       "RAY_PROMETHEUS_HOST": "prometheus_host"}
+
+
+def monitoring_env(stack: StackConfig) -> dict[str, str]:
+    values = {name: getattr(stack.monitoring, option) for name, option in MONITORING_HEAD_ENV.items()}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def scrape_annotations(stack: StackConfig) -> dict[str, str]:
+    if stack.monitoring.scrape != "annotations":
+        return {}
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(RAY_PORTS["metrics"]),
+            "prometheus.io/path": "/metrics"}
+
+
 def _container_ports(stack: StackConfig, head: bool) -> list[dict[str, Any]]:
     ports = []
     if head:
@@ -109,7 +133,7 @@ def pod_template(
     storage = stack.model_storage
     if storage is not None and storage.hf_cache_dir:
         env.append({"name": "HF_HOME", "value": storage.hf_cache_dir})
-    defaults = {**RAY_SERVING_ENV, **HARDWARE_ENV.get(group.hardware, {})}
+    defaults = {**RAY_SERVING_ENV, **HARDWARE_ENV.get(group.hardware, {}), **(monitoring_env(stack) if head else {})}
     env += [{"name": name, "value": value} for name, value in sorted(defaults.items()) if name not in group.env]
     env += [{"name": name, "value": value} for name, value in sorted(group.env.items())]
 
@@ -165,10 +189,10 @@ def pod_template(
         spec["runtimeClassName"] = group.runtime_class_name
     if pull_secret_name:
         spec["imagePullSecrets"] = [{"name": pull_secret_name}]
-    return {
-        "metadata": {"labels": {**labels(stack, "ray-node"), "llm-serving/node-group": group_name}},
-        "spec": spec,
-    }
+    metadata: dict[str, Any] = {"labels": {**labels(stack, "ray-node"), "llm-serving/node-group": group_name}}
+    if scrape_annotations(stack):
+        metadata["annotations"] = scrape_annotations(stack)
+    return {"metadata": metadata, "spec": spec}
 
 
 def ray_service_spec(

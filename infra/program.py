@@ -20,6 +20,7 @@ from .images import ServingImages, ServingImagesArgs
 from .kuberay import OUTPUT as OPERATOR_OUTPUT, KubeRayOperator, KubeRayOperatorArgs, operator_facts, require_server_side_apply
 from .manifests import head_service_name, labels, serve_service_name
 from .model_storage import ModelStorageArgs, ModelVolume
+from .monitoring import Monitoring
 from .operator_ref import operator_dependency
 from .network_policy import RayNetworkPolicy
 from .ray_service import LlmRayService, LlmRayServiceArgs
@@ -105,6 +106,8 @@ def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
         stack=stack, namespace=namespace, images=images.refs, hf_secret_name=secrets.hf_secret_name,
         pull_secret_name=secrets.pull_secret_name, model_claim_name=models.claim_name if models else None,
         api_keys_secret_name=api_keys_secret.secret_name if api_keys_secret else None, depends_on=depends))
+    if stack.monitoring.scrape == "podMonitor" or stack.monitoring.dashboards:
+        Monitoring("monitoring", stack, namespace, pulumi.ResourceOptions(depends_on=depends))
     return Deployment(stack=stack, namespace=namespace, images=images, ray_service=ray_service)
 
 

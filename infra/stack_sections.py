@@ -306,6 +306,53 @@ class NetworkPolicyOptions(StrictModel):
     )
 
 
+# Kubernetes label syntax: an optional DNS-subdomain prefix and a name of at most 63 characters; values likewise.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$")
+LABEL_VALUE = re.compile(rf"^({_LABEL_NAME})?$")
+HTTP_URL = r"^https?://[^\s/]+(/\S*)?$"
+
+
+class Monitoring(StrictModel):
+    """How the cluster's monitoring reaches the serving metrics (every Ray pod's port 8080) and dashboards; all off
+    unless a stack turns it on (infra/monitoring_spec.py)."""
+
+    scrape: Literal["none", "podMonitor", "annotations"] = Field(
+        default="none", description="podMonitor: the Prometheus operator's PodMonitor (its CRD must be installed, "
+                                    "checked at preview); annotations: prometheus.io/* on the pods.")
+    pod_monitor_labels: dict[str, str] = Field(
+        default_factory=lambda: {"release": "prometheus"},
+        description="Labels the operator's podMonitorSelector matches (kube-prometheus-stack: release: <release>).")
+    scrape_interval: str = Field(default="15s", pattern=DURATION)
+    dashboards: bool = Field(default=False, description="ConfigMaps for Grafana's dashboard sidecar.")
+    dashboards_namespace: Optional[str] = Field(default=None, pattern=DNS_LABEL,
+                                                description="Where they go; default: the stack's namespace.")
+    dashboard_labels: dict[str, str] = Field(default_factory=lambda: {"grafana_dashboard": "1"},
+                                             description="The sidecar's label (kube-prometheus-stack's default).")
+    gpu_panels: Optional[bool] = Field(default=None, description="The DCGM exporter's GPU row; default: where an "
+                                                                 "NVIDIA node group deploys.")
+    grafana_host: Optional[str] = Field(default=None, pattern=HTTP_URL, description="RAY_GRAFANA_HOST on the head.")
+    grafana_iframe_host: Optional[str] = Field(default=None, pattern=HTTP_URL,
+                                               description="RAY_GRAFANA_IFRAME_HOST: Grafana as browsers reach it.")
+    prometheus_host: Optional[str] = Field(default=None, pattern=HTTP_URL, description="RAY_PROMETHEUS_HOST.")
+
+    @field_validator("pod_monitor_labels", "dashboard_labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not LABEL_KEY.match(key):
+                raise ValueError(f"{key!r} is not a Kubernetes label key")
+            if not LABEL_VALUE.match(label):
+                raise ValueError(f"{key}: {label!r} is not a Kubernetes label value")
+        return value
+
+    @model_validator(mode="after")
+    def _iframe_needs_host(self) -> "Monitoring":
+        if self.grafana_iframe_host is not None and self.grafana_host is None:
+            raise ValueError("grafanaIframeHost: needs grafanaHost (the head's own way to Grafana) too")
+        return self
+
+
 class Dashboard(StrictModel):
     # The dashboard accepts job submissions (arbitrary code) without authentication unless token auth is on.
     service_type: ServiceType = "ClusterIP"
