@@ -8,6 +8,7 @@ A Serve config (KubeRay's serveConfigV2) deploys it with `import_path: serving_a
 # images') then cannot resolve a string annotation such as "Request" and asks for a `request` query parameter.
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
 from fastapi import FastAPI, Request
@@ -48,6 +49,8 @@ app.add_middleware(_BarePrefixIsRoot)
 
 
 _JSON = "application/json"
+# The chat page (GET <route>/chat): static, read once; it calls this application's own API from the browser.
+_CHAT_PAGE = (Path(__file__).parent / "chat_page" / "index.html").read_bytes()
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -169,6 +172,10 @@ class LLMServer:
         return JSONResponse({"status": "ok", "running_requests": stats.running_requests,
                              "waiting_requests": stats.waiting_requests, "admitted_requests": self.admission.running,
                              "queued_requests": self.admission.waiting, **stats.extra})
+
+    @app.get("/chat")
+    async def chat_page(self) -> Response:
+        return Response(_CHAT_PAGE, media_type="text/html; charset=utf-8")
 
     @app.get("/v1/models")
     async def models(self) -> Response:

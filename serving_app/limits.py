@@ -23,7 +23,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = ("/health",)
+# The chat page holds no secret: its API calls carry the key.
+OPEN_PATHS = ("/health", "/chat")
 DEADLINE = "serving_app.deadline"  # scope key: the request's deadline (time.monotonic()), or None
 
 

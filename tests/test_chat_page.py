@@ -1,0 +1,79 @@
+"""The chat page (GET <route>/chat) in a real headless Chromium (tests/browser.py) against the app deployed on a
+local Ray: a question typed into the page gets an answer streamed from /v1/chat/completions, piece by piece; an API
+key typed into the page is sent as `Authorization: Bearer`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from tests.browser import Browser, find_chromium
+
+pytestmark = pytest.mark.e2e
+
+ANSWER = "document.querySelector('.message.assistant')"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    binary = find_chromium()
+    if binary is None:
+        message = "Chromium is not installed (bash scripts/install_test_services.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+async def _ask(page: Browser, question: str) -> list[str]:
+    """Type the question, press Enter, and record the answer's text until it is complete."""
+    await page.type("#question", question)
+    await page.press_enter()
+    await page.wait_for(ANSWER, timeout=30)
+    seen: list[str] = []
+    for _ in range(2400):  # 2 minutes at most
+        state, text = await page.evaluate(f"[{ANSWER}.dataset.state, {ANSWER}.textContent]")
+        if not seen or seen[-1] != text:
+            seen.append(text)
+        if state != "streaming":
+            assert state == "done", f"the page shows an error: {text!r}"
+            return seen
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the answer did not finish: {seen[-1]!r}")
+
+
+def test_a_typed_question_gets_a_streamed_answer(chromium: str, base_url: str) -> None:
+    async def run() -> None:
+        async with Browser(chromium) as page:
+            await page.open(f"{base_url}/chat", ready="document.getElementById('model').textContent !== '…'")
+            assert await page.evaluate("document.getElementById('model').textContent") == "tiny-llama"
+            seen = await _ask(page, "What is the capital of France?")
+            assert seen[-1], "the answer is empty"
+            partial = [text for text in seen[:-1] if text]
+            # Streamed: the page showed the answer growing before it was whole.
+            assert partial and all(seen[-1].startswith(text) for text in partial), seen
+            assert await page.evaluate("document.querySelector('.message.user').textContent") == \
+                "What is the capital of France?"
+
+    asyncio.run(run())
+
+
+def test_the_page_sends_the_api_key_typed_into_it(chromium: str, base_url: str) -> None:
+    async def run() -> None:
+        async with Browser(chromium) as page:
+            await page.open(f"{base_url}/chat")
+            await page.type("#key", "sk-chat-page-test")
+            await page.evaluate("document.getElementById('key').dispatchEvent(new Event('change'))")
+            # Record what the page's own fetch calls send (the test server needs no key, so they succeed).
+            await page.evaluate("""(() => { window.sent = []; const original = window.fetch;
+                window.fetch = (url, options) => { window.sent.push([String(url), (options || {}).headers || {}]);
+                                                   return original(url, options); }; })()""")
+            await _ask(page, "Hello")
+            sent = await page.evaluate("window.sent")
+            chat = [headers for url, headers in sent if url.endswith("/v1/chat/completions")]
+            assert chat and chat[0].get("Authorization") == "Bearer sk-chat-page-test", sent
+            assert await page.evaluate("localStorage.getItem('chat-api-key')") == "sk-chat-page-test"
+
+    asyncio.run(run())
