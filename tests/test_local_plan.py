@@ -21,6 +21,9 @@ def no_model_generation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         return path
 
     monkeypatch.setattr(local, "tiny_model", fake_tiny_model)
+    real = tmp_path / "smollm2"
+    real.mkdir(exist_ok=True)
+    monkeypatch.setattr(local, "real_model", lambda: real)
     monkeypatch.setattr(local, "onnx_model", lambda path, quantize: path.with_name(path.name + "-onnx"))
 
 
@@ -30,7 +33,8 @@ def test_gpu_stack_without_gpus_runs_vllm_on_cpu_and_says_so():
     assert app.args.engine is EngineName.VLLM and app.args.target_device is TargetDevice.CPU
     assert app.args.tensor_parallel_size == 1 and app.args.num_replicas == 1
     assert any("tensor parallelism 1" in change for change in app.changes)
-    assert any("random text" in note for note in plan.notes)
+    assert any("SmolLM2-135M-Instruct" in note for note in plan.notes)
+    assert app.args.model_name.endswith("smollm2")
     # Everything not adapted is the RayService's own config.
     original = serve_config(load_stack("gpu"))["applications"][0]
     entry = plan.config["applications"][0]
@@ -64,7 +68,15 @@ def test_a_given_model_replaces_the_generated_one(tmp_path: Path):
     model.mkdir()
     plan = local.plan("gpu", model=str(model), gpus=0)
     assert plan.apps[0].args.model_name == str(model)
-    assert not any("random text" in note for note in plan.notes)
+    assert not any("random text" in note or "SmolLM2" in note for note in plan.notes)
+
+
+def test_model_random_serves_the_generated_llama(tmp_path: Path):
+    plan = local.plan("cpu", model="random", gpus=0)
+    by_engine = {app.args.engine: app for app in plan.apps}
+    assert by_engine[EngineName.BIGDL].args.model_name == str(tmp_path / "tiny-bigdl")
+    assert by_engine[EngineName.BIGDL].args.max_model_len == local.TINY_MODEL_LEN
+    assert any("random text" in note for note in plan.notes)
 
 
 def test_python_m_infra_local_is_an_alias_of_devtools_local(monkeypatch: pytest.MonkeyPatch):
