@@ -10,12 +10,13 @@ from serving_app.serve_args import parse_serve_args
 from .config import StackConfig
 
 IMPORT_PATH = "serving_app:typed_app_builder"
+MULTI_MODEL_IMPORT_PATH = "serving_app:multi_model_app_builder"  # args: serving_app.multi_model.MultiModelArgs
 
 
 def application(name: str, route_prefix: str, args: dict[str, Any],
-                runtime_env: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """One application of our app (its `args` are ServeArgs fields)."""
-    entry: dict[str, Any] = {"name": name, "route_prefix": route_prefix, "import_path": IMPORT_PATH, "args": args}
+                runtime_env: Optional[Mapping[str, Any]] = None, import_path: str = IMPORT_PATH) -> dict[str, Any]:
+    """One application of our app (its `args` are ServeArgs fields, or MultiModelArgs' for MULTI_MODEL_IMPORT_PATH)."""
+    entry: dict[str, Any] = {"name": name, "route_prefix": route_prefix, "import_path": import_path, "args": args}
     if runtime_env:
         entry["runtime_env"] = dict(runtime_env)
     return entry

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from .access_log import RequestRecord
 from .engines.base import Engine, EngineDeadError, GenerationChunk, GenerationRequest, SamplingOptions
+from .lora import Adapter, ModelCatalog
 from .protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -170,6 +171,7 @@ class OpenAIAPI:
         self.engine = engine
         self.args = args
         self.model_id = args.served_model_name
+        self.catalog = ModelCatalog(args.served_model_name, args.lora, args.engine)
         self._token_chars = longest_token_chars(engine.tokenizer)
         self.max_prompt_chars = engine.max_model_len * self._token_chars
         self._pool = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="prepare")
@@ -180,12 +182,16 @@ class OpenAIAPI:
 
     # ---- shared steps ------------------------------------------------------------------------------------
 
-    def _check_model(self, model: Optional[str]) -> None:
-        if model is not None and model != self.model_id:
-            raise APIError(
-                404, f"model {model!r} does not exist; this server serves {self.model_id!r}",
-                type_="invalid_request_error", code="model_not_found", param="model",
-            )
+    def _check_model(self, model: Optional[str]) -> Optional[Adapter]:
+        """The LoRA adapter `model` names (None: the base model), or a 404 naming every model served here."""
+        try:
+            return self.catalog.resolve(model)
+        except LookupError as error:
+            raise APIError(404, str(error), type_="invalid_request_error", code="model_not_found",
+                           param="model") from None
+
+    def _model_of(self, request: GenerationRequest) -> str:
+        return request.lora.name if request.lora is not None else self.model_id
 
     def _tokenize(self, prompt: Union[str, list[int]], add_special_tokens: bool) -> list[int]:
         limit = self.engine.max_model_len
@@ -283,15 +289,17 @@ class OpenAIAPI:
         return "".join(parts), last
 
     def _prepare_completion(self, body: CompletionRequest) -> GenerationRequest:
-        self._check_model(body.model)
+        adapter = self._check_model(body.model)
         ids = self._tokenize(body.single_prompt(), add_special_tokens=True)
-        return GenerationRequest(new_id("cmpl"), ids, self._sampling(body, len(ids), body.max_tokens, body.stop))
+        return GenerationRequest(new_id("cmpl"), ids, self._sampling(body, len(ids), body.max_tokens, body.stop),
+                                 lora=adapter)
 
     def _prepare_chat(self, body: ChatCompletionRequest) -> GenerationRequest:
-        self._check_model(body.model)
+        adapter = self._check_model(body.model)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         ids = self._tokenize(render_chat(self.engine.tokenizer, messages), add_special_tokens=False)
-        return GenerationRequest(new_id("chatcmpl"), ids, self._sampling(body, len(ids), body.max_tokens, body.stop))
+        return GenerationRequest(new_id("chatcmpl"), ids, self._sampling(body, len(ids), body.max_tokens, body.stop),
+                                 lora=adapter)
 
     @staticmethod
     def _usage(request: GenerationRequest, generated: int) -> UsageInfo:
@@ -300,7 +308,8 @@ class OpenAIAPI:
     # ---- OpenAI endpoints ------------------------------------------------------------------------------
 
     def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=self.model_id, max_model_len=self.engine.max_model_len)])
+        return ModelList(data=[ModelCard(id=model, max_model_len=self.engine.max_model_len)
+                               for model in self.catalog.ids()])
 
     def completion_request(self, raw: bytes) -> tuple[CompletionRequest, GenerationRequest]:
         body = parse_body(CompletionRequest, raw)
@@ -315,7 +324,7 @@ class OpenAIAPI:
         """The whole answer to a completion or chat completion request."""
         shape = _SHAPES[type(body)]
         text, last = await self._collect(request, deadline, record)
-        return shape.response(id=request.request_id, model=self.model_id,
+        return shape.response(id=request.request_id, model=self._model_of(request),
                               choices=[shape.choice(text, last.finish_reason)],
                               usage=self._usage(request, last.num_generated_tokens))
 
@@ -324,7 +333,7 @@ class OpenAIAPI:
         """The server-sent events of a streamed completion or chat completion: one per new text, then usage; an
         error after the stream began is its last event (as vLLM sends it), then [DONE]."""
         shape = _SHAPES[type(body)]
-        head = {"id": request.request_id, "created": now(), "model": self.model_id}
+        head = {"id": request.request_id, "created": now(), "model": self._model_of(request)}
         if shape.opening is not None:
             yield sse(shape.chunk.model_construct(**head, choices=[shape.opening]))
         generated = 0

@@ -20,12 +20,12 @@ from ray.serve import Application
 from .access_log import RECORD, AccessLog
 from .api import ANSWERED_ERRORS, OpenAIAPI, as_api_error, error_response
 from .auth import ENV as API_KEYS_ENV, APIKeys
-from .engines.registry import create_engine
 from .engines.base import EngineDeadError
-from .limits import DEADLINE, Admission, Guard
+from .limits import DEADLINE, Guard
 from .metrics import REQUESTS, MetricLabels, Recorder, ray_sink
 from .placement import deployment_options
-from .serve_args import ServeArgs, parse_serve_args
+from .replica import ModelReplica
+from .serve_args import parse_serve_args
 
 logger = logging.getLogger("ray.serve")
 
@@ -140,15 +140,11 @@ async def _openai_answer(request: Request, api: OpenAIAPI, parse: Callable[[byte
 @serve.ingress(app)
 class LLMServer:
     async def __init__(self, raw_args: dict[str, Any]):
-        self.args = ServeArgs.model_validate(raw_args)
-        self.engine = create_engine(self.args)
-        logger.info("starting %s engine for %s", self.args.engine.value, self.args.model_name)
-        await self.engine.start()
-        self.api = OpenAIAPI(self.engine, self.args)
+        replica = await ModelReplica.start(raw_args)
+        self.args, self.engine, self.api, self.admission = replica.args, replica.engine, replica.api, replica.admission
         keys = APIKeys.from_env()  # read once: a rotated key reaches a replica when it is restarted
         if not keys.required:
             logger.warning("%s is not set: anyone who reaches this endpoint can use it", API_KEYS_ENV)
-        self.admission = Admission(self.args.max_ongoing_requests, self.args.queue_limit, self.args.retry_after_s)
         # Here, not at import: the guard needs this replica's args and keys, and Starlette builds its middleware
         # stack on the app's first call (Serve's lifespan startup), which comes after __init__.
         app.add_middleware(Guard, keys=keys, admission=self.admission, max_body_bytes=self.args.max_request_bytes,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from .autoscaling import AutoscalingConfig
 from .engines.options import EngineOptions
 from .engines.registry import EngineName, default_engine, spec
+from .lora import LORA_ENGINE_KWARGS, LORA_ENGINES, LoRAConfig
 from .enums import DATA_TYPE_ALIASES, TARGET_ALIASES, DataType, TargetDevice
 
 
@@ -29,6 +30,7 @@ _TYPED_ENGINE_KWARGS = {
     "dtype": "data_type",
     "max_model_len": "max_model_len",
     "max_num_seqs": "batch_size",
+    **{name: "lora" for name in LORA_ENGINE_KWARGS},
 }
 
 
@@ -61,6 +63,8 @@ class ServeArgs(BaseModel):
     max_new_tokens: int = Field(default=256, ge=1, description="max_tokens for requests that do not set it.")
     temperature: float = Field(default=1.0, ge=0, le=2, description="temperature for requests that do not set it.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra engine arguments.")
+    lora: Optional[LoRAConfig] = Field(default=None, description="LoRA adapters served beside the base model "
+                                                                 "(vLLM; serving_app.lora).")
     num_replicas: Optional[int] = Field(default=None, ge=1, le=1024, description="Fixed replica count (default 1).")
     autoscaling_config: Optional[AutoscalingConfig] = Field(
         default=None, description="Serve's replica autoscaling, instead of num_replicas (serving_app.autoscaling).")
@@ -157,6 +161,11 @@ class ServeArgs(BaseModel):
                 raise ValueError(f"resources.{name}: must be positive, got {amount}")
         if self.served_model_name is None:
             self.served_model_name = self.model_name
+        if self.lora is not None and self.engine not in LORA_ENGINES:
+            raise ValueError(f"lora: the {self.engine.value} engine serves no LoRA adapters (only "
+                             f"{', '.join(e.value for e in LORA_ENGINES)} does)")
+        if self.lora is not None and self.served_model_name in self.lora.adapters:
+            raise ValueError(f"lora.adapters.{self.served_model_name}: is the base model's own id")
         if self.num_replicas is None and self.autoscaling_config is None:
             self.num_replicas = 1
         if self.max_tokens_limit is not None and self.max_new_tokens > self.max_tokens_limit:

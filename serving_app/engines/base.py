@@ -10,6 +10,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
+from ..lora import Adapter
 from ..serve_args import ServeArgs
 
 
@@ -32,6 +33,7 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingOptions
+    lora: Optional[Adapter] = None  # a LoRA adapter to apply (engines in serving_app.lora.LORA_ENGINES)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import os
 from typing import Any, AsyncIterator, Optional
 
 from .base import Engine, EngineDeadError, EngineStats, GenerationChunk, GenerationRequest
+from ..lora import Adapter
 from ..metrics import MetricLabels, Sink, prometheus_classes, process_sink
 from ..model_shapes import FP8_CHECKPOINT_METHODS, local_config
 from ..serve_args import DataType, ServeArgs
@@ -40,6 +41,8 @@ def engine_arguments(args: ServeArgs, model_config: Optional[dict[str, Any]] = N
         extra["distributed_executor_backend"] = options.distributed_executor_backend
     if args.batch_size is not None:
         extra["max_num_seqs"] = args.batch_size
+    if args.lora is not None:
+        extra.update(args.lora.engine_arguments())
     dtype = args.data_type.value if args.data_type else DataType.AUTO.value
     if args.data_type == DataType.FP8:
         if "quantization" in extra:
@@ -124,7 +127,8 @@ class VLLMEngine(Engine):
         )
         generated = 0
         stream = self._engine.generate(
-            TokensPrompt(prompt_token_ids=request.prompt_token_ids), params, request.request_id
+            TokensPrompt(prompt_token_ids=request.prompt_token_ids), params, request.request_id,
+            lora_request=_lora_request(request.lora),
         )
         try:
             async for output in stream:
@@ -185,6 +189,14 @@ def _model_config(model_name: str) -> Optional[dict[str, Any]]:
             return json.load(file)
     except Exception:  # unreachable or not a hub id: vLLM's own load reports it better
         return None
+
+
+def _lora_request(adapter: Optional[Adapter]) -> Any:
+    if adapter is None:
+        return None
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(adapter.name, adapter.id, adapter.path)
 
 
 def _current_gcs_address() -> str:

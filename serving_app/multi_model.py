@@ -1,0 +1,221 @@
+"""Several models behind one base URL, free of Ray: the builder's arguments (`MultiModelArgs`), how the router picks
+a model for a request, and what passes between the router and a model's replica.
+
+Each model is its own deployment (serving_app.router.ModelServer: its own engine, resources and autoscaling); the router
+(serving_app.router) is the application's HTTP ingress. It reads a request's `model`, forwards the raw body to that
+model's deployment (DeploymentHandle, streamed), and answers `GET /v1/models` with every model and LoRA adapter.
+The legacy chatbot API (`POST /`), which names no model, goes to `default_model`. API keys and the body-size limit
+apply at the router; admission (the bounded queue) and the request's deadline at the model's replica, as on a
+single-model route.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .api import ANSWERED_ERRORS, APIError, OpenAIAPI, as_api_error
+from .autoscaling import AutoscalingConfig
+from .limits import Admission
+from .lora import ModelCatalog
+from .protocol import ModelCard, ModelList
+from .serve_args import ServeArgs, describe_validation_error
+
+COMPLETIONS, CHAT, LEGACY = "completions", "chat", "legacy"
+MEDIA_TYPES = {COMPLETIONS: "text/event-stream", CHAT: "text/event-stream", LEGACY: "application/x-ndjson"}
+
+
+class RouterOptions(BaseModel):
+    """The router deployment's own replicas; it holds no model, so by default it reserves no CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: Optional[int] = Field(default=None, ge=1, le=1024, description="Default 1.")
+    autoscaling_config: Optional[AutoscalingConfig] = None
+    num_cpus: float = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_count(self) -> "RouterOptions":
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("num_replicas: give num_replicas (a fixed count) or autoscaling_config, not both")
+        return self
+
+
+class MultiModelArgs(BaseModel):
+    """Validated `args` of `serving_app:multi_model_app_builder`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ServeArgs] = Field(min_length=1, description="One entry per model: its own serve arguments.")
+    default_model: Optional[str] = Field(
+        default=None, description="The served_model_name the legacy route (POST /) serves; default: the first model.")
+    router: RouterOptions = Field(default_factory=RouterOptions)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "MultiModelArgs":
+        owner: dict[str, int] = {}
+        for index, args in enumerate(self.models):
+            for model_id in [args.served_model_name, *(args.lora.adapters if args.lora else {})]:
+                if model_id in owner:
+                    raise ValueError(f"models.{index}.served_model_name: {model_id!r} is also served by "
+                                     f"models[{owner[model_id]}]; each model id must name one model")
+                owner[model_id] = index
+        names = [args.served_model_name for args in self.models]
+        if self.default_model is None:
+            self.default_model = names[0]
+        elif self.default_model not in names:
+            raise ValueError(f"default_model: {self.default_model!r} is not a served_model_name of models "
+                             f"({', '.join(map(repr, names))})")
+        return self
+
+    def deployment_names(self) -> list[str]:
+        """One Serve deployment name per model (Serve's names take no '/', which hub ids have)."""
+        return [f"Model-{index}-{re.sub(r'[^A-Za-z0-9_.-]+', '--', args.served_model_name)}"
+                for index, args in enumerate(self.models)]
+
+    def most_admitted(self) -> int:
+        """Requests all the models' replicas together admit at their maximum (running plus queued)."""
+        return sum((args.max_ongoing_requests + args.queue_limit) * args.replica_range[1] for args in self.models)
+
+
+def parse_multi_model_args(raw: dict[str, Any], where: str = "args") -> MultiModelArgs:
+    """Validate raw args, raising ValueError whose message names every wrong field under `where`."""
+    try:
+        return MultiModelArgs.model_validate(raw)
+    except ValidationError as error:
+        raise ValueError(f"invalid serve arguments:\n{describe_validation_error(error, where)}") from None
+
+
+# ---- the router's side ---------------------------------------------------------------------------------------------
+
+
+def peek(raw: bytes) -> tuple[Optional[str], bool]:
+    """(`model`, `stream`) of a request body; a body that is not a JSON object names no model and streams nothing
+    (the model's replica then refuses it with the usual 400)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None, False
+    if not isinstance(body, dict):
+        return None, False
+    model = body.get("model")
+    return (model if isinstance(model, str) else None), body.get("stream") is True
+
+
+class Routes:
+    """Which model (by index) serves a model id, from each model's own catalog (its id and LoRA adapters)."""
+
+    def __init__(self, args: MultiModelArgs):
+        self.args = args
+        self.catalogs = [ModelCatalog(m.served_model_name, m.lora, m.engine) for m in args.models]
+        self.default = [m.served_model_name for m in args.models].index(args.default_model)
+
+    def target(self, model: Optional[str], endpoint: str) -> int:
+        if endpoint == LEGACY or model is None:
+            return self.default
+        for index, catalog in enumerate(self.catalogs):
+            try:
+                catalog.resolve(model)
+                return index
+            except LookupError:
+                continue
+        raise APIError(404, f"model {model!r} does not exist; this server serves "
+                            f"{', '.join(map(repr, self.ids()))}", code="model_not_found", param="model")
+
+    def ids(self) -> list[str]:
+        return [model_id for catalog in self.catalogs for model_id in catalog.ids()]
+
+    def models(self) -> ModelList:
+        """Every model and adapter, without asking the replicas (a model scaled to zero stays at zero)."""
+        return ModelList(data=[ModelCard(id=model_id, max_model_len=args.max_model_len)
+                               for args, catalog in zip(self.args.models, self.catalogs)
+                               for model_id in catalog.ids()])
+
+    def deadline(self, index: int, arrival: float) -> Optional[float]:
+        """The request's deadline as wall-clock time (it crosses processes), from its arrival at the router."""
+        timeout = self.args.models[index].request_timeout_s
+        return None if timeout is None else arrival + timeout
+
+
+# ---- between the router and a model's replica ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An error answered before any of the answer was sent: a plain value, so it crosses processes intact."""
+
+    status: int
+    message: str
+    type: str
+    code: Optional[str] = None
+    param: Optional[str] = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, error: Exception) -> "Refusal":
+        error = as_api_error(error)
+        return cls(error.status, error.message, error.type, error.code, error.param, dict(error.headers))
+
+    def error(self) -> APIError:
+        return APIError(self.status, self.message, self.type, self.code, self.param, dict(self.headers))
+
+
+Forwarded = Union[Refusal, BaseModel, bytes]  # a refusal; a whole answer; or the pieces of a stream
+
+
+async def forwarded_answer(api: OpenAIAPI, admission: Admission, endpoint: str, raw: bytes,
+                           deadline_unix: Optional[float]) -> AsyncIterator[Forwarded]:
+    """One routed request's answer at the model's replica: a Refusal, or the whole answer (a response model), or
+    the stream's pieces as the single-model route would send them."""
+    deadline = None if deadline_unix is None else time.monotonic() + (deadline_unix - time.time())
+    try:
+        if len(raw) > api.args.max_request_bytes:
+            raise APIError(413, f"request body is larger than {api.args.max_request_bytes} bytes",
+                           code="request_too_large")
+        async with admission.slot(deadline):
+            if endpoint == LEGACY:
+                body, generations = await api.prepare(api.legacy_requests, raw)
+                if body.stream:
+                    pieces = api.legacy_stream(generations[0], deadline)
+                else:
+                    yield await api.legacy(generations, deadline)
+                    return
+            else:
+                parse = api.completion_request if endpoint == COMPLETIONS else api.chat_request
+                body, generation = await api.prepare(parse, raw)
+                if body.stream:
+                    pieces = api.stream(body, generation, deadline)
+                else:
+                    yield await api.answer(body, generation, deadline)
+                    return
+            async with aclosing(pieces) as stream:  # the router closing its end aborts the generation
+                async for piece in stream:
+                    yield piece
+    except ANSWERED_ERRORS as error:  # the stream answers its own errors, so this comes before any piece
+        yield Refusal.of(error)
+
+
+def expect_answer(item: Any) -> Any:
+    """The first item of a forwarded answer, or the refusal it is raised as."""
+    if isinstance(item, Refusal):
+        raise item.error()
+    return item
+
+
+def router_deployment_options(args: MultiModelArgs) -> dict[str, Any]:
+    """Serve's options of the router: it passes on what every model's replicas can admit together, twice over like
+    a model's own (serving_app.placement.serve_admission_options), so shedding stays the replicas' to answer."""
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": args.router.num_cpus},
+                               "max_ongoing_requests": 2 * args.most_admitted(),
+                               "max_queued_requests": args.most_admitted()}
+    if args.router.autoscaling_config is not None:
+        options["autoscaling_config"] = args.router.autoscaling_config.serve_options(args.most_admitted())
+    else:
+        options["num_replicas"] = args.router.num_replicas or 1
+    return options

@@ -1,0 +1,138 @@
+"""The Ray Serve application of several models behind one base URL: a router deployment (the HTTP ingress) and
+one ModelServer deployment per model, which it calls through DeploymentHandles (serving_app.multi_model says what
+passes between them). Serve allows one FastAPI ingress per application, so a model's deployment here is the
+single-model LLMServer's engine and API without its HTTP routes. A Serve config deploys it with `import_path: serving_app:multi_model_app_builder` and the
+`args` that `serving_app.multi_model.MultiModelArgs` validates.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the route signatures (see serving_app.ingress).
+import logging
+import time
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve import Application
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from .api import ANSWERED_ERRORS, APIError
+from .auth import ENV as API_KEYS_ENV, APIKeys
+from .ingress import _answered_error, _BarePrefixIsRoot, _json, _SSE_HEADERS, _whole_answer
+from .limits import Admission, Guard
+from .multi_model import (
+    CHAT, COMPLETIONS, LEGACY, MEDIA_TYPES, Forwarded, MultiModelArgs, Routes, expect_answer, forwarded_answer,
+    parse_multi_model_args, peek, router_deployment_options,
+)
+from .placement import deployment_options
+from .replica import ModelReplica
+
+logger = logging.getLogger("ray.serve")
+
+router_app = FastAPI(title="serving_app router", docs_url=None, redoc_url=None)
+router_app.add_middleware(_BarePrefixIsRoot)
+for _error_type in ANSWERED_ERRORS:
+    router_app.add_exception_handler(_error_type, _answered_error)
+
+
+def _overloaded(error: BackPressureError) -> APIError:
+    return APIError(503, f"the model's replicas are overloaded: retry later ({error})", type_="server_error",
+                    code="overloaded", headers={"Retry-After": "1"})
+
+
+async def _pieces(first: Any, rest: DeploymentResponseGenerator) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for piece in rest:
+            yield piece
+    finally:
+        rest.cancel()  # the client left (or the stream ended): stop the model's replica too
+
+
+@serve.deployment(health_check_period_s=10, health_check_timeout_s=30, graceful_shutdown_timeout_s=30)
+class ModelServer:
+    """One model of the application: its engine and API, answering the router's calls."""
+
+    async def __init__(self, raw_args: dict[str, Any]):
+        self.replica = await ModelReplica.start(raw_args)
+
+    async def check_health(self) -> None:
+        await self.replica.engine.check_health()
+
+    async def forward(self, endpoint: str, raw: bytes, deadline_unix: Optional[float]) -> AsyncIterator[Forwarded]:
+        async for item in forwarded_answer(self.replica.api, self.replica.admission, endpoint, raw, deadline_unix):
+            yield item
+
+    async def __del__(self):
+        replica = getattr(self, "replica", None)  # absent when __init__ failed
+        if replica is not None:
+            await replica.engine.shutdown()
+
+
+@serve.deployment(name="Router", health_check_period_s=10, graceful_shutdown_timeout_s=30)
+@serve.ingress(router_app)
+class Router:
+    def __init__(self, raw_args: dict[str, Any], models: dict[str, DeploymentHandle]):
+        self.args = MultiModelArgs.model_validate(raw_args)
+        self.routes = Routes(self.args)
+        self.handles = [models[name].options(stream=True, method_name="forward")
+                        for name in self.args.deployment_names()]
+        keys = APIKeys.from_env()
+        if not keys.required:
+            logger.warning("%s is not set: anyone who reaches this endpoint can use it", API_KEYS_ENV)
+        # Keys and the body limit here; each model's replicas admit (and shed) their own requests.
+        admission = Admission(self.args.most_admitted(), 0, max(m.retry_after_s for m in self.args.models))
+        router_app.add_middleware(Guard, keys=keys, admission=admission,
+                                  max_body_bytes=max(m.max_request_bytes for m in self.args.models))
+
+    async def _forward(self, request: Request, endpoint: str) -> Response:
+        arrival = time.time()
+        raw = await request.body()
+        model, stream = peek(raw)
+        index = self.routes.target(model, endpoint)
+        answer = self.handles[index].remote(endpoint, raw, self.routes.deadline(index, arrival))
+
+        async def first() -> Any:
+            try:
+                return expect_answer(await answer.__anext__())
+            except BackPressureError as error:
+                raise _overloaded(error) from None
+            except BaseException:
+                answer.cancel()
+                raise
+
+        if not stream:
+            return await _whole_answer(request, first())
+        head = await first()
+        headers = _SSE_HEADERS if endpoint != LEGACY else None
+        return StreamingResponse(_pieces(head, answer), media_type=MEDIA_TYPES[endpoint], headers=headers)
+
+    @router_app.get("/health")
+    async def health(self) -> Response:
+        return JSONResponse({"status": "ok", "models": self.routes.ids()})
+
+    @router_app.get("/v1/models")
+    async def models(self) -> Response:
+        return _json(self.routes.models())
+
+    @router_app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._forward(request, COMPLETIONS)
+
+    @router_app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._forward(request, CHAT)
+
+    @router_app.post("/")
+    async def legacy(self, request: Request) -> Response:
+        """The legacy chatbot API, served by the default model."""
+        return await self._forward(request, LEGACY)
+
+
+def multi_model_app_builder(raw_args: dict[str, Any]) -> Application:
+    """Serve's application builder: one ModelServer deployment per model behind the router."""
+    args = parse_multi_model_args(dict(raw_args or {}))
+    models = {name: ModelServer.options(name=name, **deployment_options(model)).bind(model.model_dump(mode="json"))
+              for name, model in zip(args.deployment_names(), args.models)}
+    return Router.options(**router_deployment_options(args)).bind(args.model_dump(mode="json"), models)
