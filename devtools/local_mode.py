@@ -1,7 +1,7 @@
 """Local mode: serve a stack's applications on a Ray head on this machine, from the same serveConfigV2.
 
     python -m devtools local up --stack cpu [--model PATH_OR_HUB_ID|random] [--port N]
-    python -m devtools local status --stack cpu
+    python -m devtools local status --stack cpu     (with live figures per application, from its metrics)
     python -m devtools local down --stack cpu
 
 `up` renders the stack's serveConfigV2 with the code the RayService uses, then adapts only what a laptop-sized
@@ -32,7 +32,8 @@ from serving_app import artifacts
 from serving_app.engines.registry import spec
 from serving_app.serve_args import EngineName, ServeArgs, TargetDevice
 
-from . import default_model
+from . import default_model, live_metrics
+from .live_metrics import EXPORT_INTERVAL_MS
 from .local_ray import LocalRay
 from .serve_rest import DeployError, ServeREST, http_json
 
@@ -245,6 +246,7 @@ def up(stack: str, model: Optional[str], port: Optional[int]) -> dict[str, Any]:
     if dashboard is None:
         ray = LocalRay(num_cpus=local.num_cpus, resources=local.resources, serve_port=local.config["http_options"]["port"],
                        python=env_python(EngineName.VLLM), temp_dir=_ray_temp_dir(stack))
+        ray.env.setdefault("RAY_metrics_report_interval_ms", str(EXPORT_INTERVAL_MS))  # fresh figures for `status`
         print(f"[local] starting a Ray head ({local.num_cpus} CPUs, resources {local.resources or 'none'})")
         ray.stop()  # leftovers of a run that crashed before writing its state
         ray.start()
@@ -286,6 +288,8 @@ def status(stack: str) -> dict[str, Any]:
     for name in state["apps"]:
         info = apps.get(name, {})
         print(f"{name}: {info.get('status', 'MISSING')} at {_base_url(state, name)}/v1 {info.get('message') or ''}".rstrip())
+    if state.get("ray"):  # our own head: its metrics, as a cluster's Prometheus reads them
+        print("\n".join(live_metrics.report(Path(state["ray"]["temp_dir"]))))
     return {name: apps.get(name, {}).get("status") for name in state["apps"]}
 
 

@@ -295,3 +295,19 @@ def test_the_gpu_panels_read_the_dcgm_exporters_names(traffic, prometheus):
                 for target in panel["targets"]:
                     assert metric_names(target["expr"]) <= dcgm_metrics()
                     assert prometheus.query(substitute(target["expr"])), panel["title"]
+
+
+# ---- `local status`: the same figures without a Prometheus -------------------------------------------------------
+
+
+def test_local_status_figures_are_prometheus_figures(traffic, prometheus, server):
+    from devtools.live_metrics import figures, scrape, targets
+
+    snapshot = scrape(targets(server.temp_dir))
+    ours = figures(snapshot, snapshot, elapsed=1.0)["llm"]
+    assert ours.requests == prometheus.value(f"sum(ray_serving_requests_total{{{APP}}})")
+    for q, value in ((0.5, ours.ttft_p50), (0.95, ours.ttft_p95)):
+        expected = prometheus.value(f"histogram_quantile({q}, sum by (le) "
+                                    f"(ray_vllm_time_to_first_token_seconds_bucket{{{APP}}}))")
+        assert value == pytest.approx(expected)
+    assert (ours.running, ours.waiting, ours.tokens_per_s) == (0, 0, 0)  # idle: nothing generated between scrapes
