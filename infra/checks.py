@@ -135,9 +135,14 @@ def check_routes_and_ports(stack: StackConfig) -> list[str]:
 def check_model_storage(stack: StackConfig) -> list[str]:
     problems = []
     for index, app in enumerate(stack.serve.applications):
-        if app.args.model_name.startswith(MODELS_MOUNT + "/") and stack.model_storage is None:
-            problems.append(f"serve.applications[{index}].args.model_name: {app.args.model_name} is on the model "
-                            f"volume but modelStorage is not configured")
+        lora = app.args.lora
+        paths = [("model_name", app.args.model_name)]
+        paths += [(f"lora.adapters.{name}", path) for name, path in (lora.adapters.items() if lora else ())]
+        paths += [("lora.dynamic_dir", lora.dynamic_dir)] if lora and lora.dynamic_dir else []
+        for key, path in paths:
+            if path.startswith(MODELS_MOUNT + "/") and stack.model_storage is None:
+                problems.append(f"serve.applications[{index}].args.{key}: {path} is on the model volume but "
+                                f"modelStorage is not configured")
     return problems
 
 
