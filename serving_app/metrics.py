@@ -3,7 +3,7 @@ metrics port, 8080), so one scrape config and one dashboard cover the cluster.
 
 - Engine metrics carry vLLM's names (`vllm_time_to_first_token_seconds`, `vllm_num_requests_running`, ...; Ray
   exports them as `ray_vllm_...`), so vLLM's dashboards and alerts work for the CPU engines too. vLLM records its
-  own through its `RayPrometheusStatLogger` (engines/vllm_stats.py) with the metric classes below; the CPU engines'
+  own through its `RayPrometheusStatLogger` on this module's sink (engines/vllm_stats.py); the CPU engines'
   batching loop records the same meanings (engines/batching/metrics.py).
 - `serving_requests` (every engine, recorded by the HTTP layer): requests answered, by route, finish reason and
   HTTP status, which no engine knows.
@@ -20,7 +20,6 @@ Importable without Ray: instruments come from a `Sink`; `ray_sink()` is Ray's, t
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -139,78 +138,6 @@ class Recorder:
         if spec.kind == COUNTER and value <= 0:
             return  # Ray refuses a zero increment; nothing to count
         self._instruments[spec.name].record(value, {**self.labels, **labels})
-
-
-# ---- prometheus_client's API over a sink, for vLLM's PrometheusStatLogger ------------------------------------
-
-_NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")  # Ray exports no metric whose name has a ":" (vLLM's "vllm:...")
-
-
-class _Child:
-    """A metric bound to its label values: what prometheus_client's `labels(...)` returns."""
-
-    def __init__(self, instrument: Instrument, tags: dict[str, str]):
-        self._instrument = instrument
-        self._tags = tags
-
-    def inc(self, value: float = 1.0) -> None:
-        if value > 0:
-            self._instrument.record(value, self._tags)
-
-    def set(self, value: float) -> None:
-        self._instrument.record(value, self._tags)
-
-    def observe(self, value: float) -> None:
-        self._instrument.record(value, self._tags)
-
-    def set_to_current_time(self) -> None:
-        self.set(time.time())
-
-
-class PrometheusFamily:
-    """A metric family the way vLLM's stat logger creates and labels them (prometheus_client's Counter, Gauge and
-    Histogram), recorded on a sink with the replica's labels in place of vLLM's `engine` index."""
-
-    kind = ""
-
-    def __init__(self, sink: Sink, labels: MetricLabels, name: str, documentation: str = "",
-                 labelnames: Optional[Iterable[str]] = None, buckets: Optional[Iterable[float]] = None,
-                 multiprocess_mode: str = ""):
-        del multiprocess_mode  # Ray keys every series by its worker
-        self.name = _NOT_NAME.sub("_", name)
-        self._labelnames = tuple(labelnames or ())
-        own = tuple(n for n in self._labelnames if n not in BASE_LABELS)
-        known = BY_NAME.get(self.name)
-        bounds = known.buckets if known is not None and known.buckets else tuple(buckets or ())
-        self._base = labels.tags()
-        self._instrument = sink.instrument(self.kind, self.name, documentation or "", BASE_LABELS + own, bounds)
-
-    def labels(self, *values: Any, **named: Any) -> _Child:
-        given = dict(zip(self._labelnames, values), **named)
-        own = {key: str(value) for key, value in given.items() if key not in BASE_LABELS}
-        return _Child(self._instrument, {**self._base, **own})
-
-    # An unlabelled family records with the base labels only.
-    def inc(self, value: float = 1.0) -> None:
-        self.labels().inc(value)
-
-    def set(self, value: float) -> None:
-        self.labels().set(value)
-
-    def observe(self, value: float) -> None:
-        self.labels().observe(value)
-
-
-def prometheus_classes(sink: Sink, labels: MetricLabels) -> tuple[type, type, type]:
-    """(Gauge, Counter, Histogram) classes bound to this sink and these labels, for a stat logger's class slots."""
-
-    def bound(kind: str) -> type:
-        def __init__(self: PrometheusFamily, *args: Any, **kwargs: Any) -> None:
-            PrometheusFamily.__init__(self, sink, labels, *args, **kwargs)
-
-        return type(f"{kind.title()}Family", (PrometheusFamily,), {"kind": kind, "__init__": __init__})
-
-    return bound(GAUGE), bound(COUNTER), bound(HISTOGRAM)
 
 
 # ---- Ray ---------------------------------------------------------------------------------------------------

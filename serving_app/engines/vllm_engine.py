@@ -9,10 +9,11 @@ from typing import Any, AsyncIterator, Optional
 
 from .base import Engine, EngineDeadError, EngineStats, GenerationChunk, GenerationRequest
 from ..lora import Adapter
-from ..metrics import MetricLabels, Sink, prometheus_classes, process_sink
+from ..metrics import MetricLabels, process_sink
 from ..model_shapes import FP8_CHECKPOINT_METHODS, local_config
 from ..serve_args import DataType, ServeArgs
 from .options import VLLMOptions
+from .vllm_stats import stat_logger_class
 
 
 def weight_quantization(args: ServeArgs, model_config: Optional[dict[str, Any]]) -> Optional[str]:
@@ -164,17 +165,6 @@ class VLLMEngine(Engine):
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
-
-
-def stat_logger_class(labels: MetricLabels, sink: Sink) -> type:
-    """vLLM's RayPrometheusStatLogger recording through the serving metrics' classes (serving_app/metrics.py): its
-    statistics (TTFT, cache usage, preemptions, ...) exported through Ray with the labels every engine's series
-    carry. A custom logger keeps vLLM's statistics on while disable_log_stats keeps them out of the log."""
-    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
-
-    gauge, counter, histogram = prometheus_classes(sink, labels)
-    return type("ServingStatLogger", (RayPrometheusStatLogger,),
-                {"_gauge_cls": gauge, "_counter_cls": counter, "_histogram_cls": histogram})
 
 
 def _model_config(model_name: str) -> Optional[dict[str, Any]]:
