@@ -149,3 +149,18 @@ def test_preview_refuses_a_setting_given_twice_and_gpu_panels_without_gpus():
     assert "monitoring.gpuPanels: true, but no NVIDIA node group deploys" in problems_of(
         "cpu", lambda values: values.__setitem__("monitoring", {"dashboards": True, "gpuPanels": True}))
 
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_stack_files_commented_example_is_valid(stack, tmp_path, pod_monitor_schema):
+    lines = (REPO_ROOT / f"Pulumi.{stack}.yaml").read_text().splitlines()
+    start = lines.index("  # llm-serving:monitoring:")
+    block = []
+    for line in lines[start + 1:]:
+        if not line.startswith("  #   "):
+            break
+        block.append(line.replace("  #", "", 1))
+    example = yaml.safe_load("\n".join(block))
+    assert example["scrape"] == "podMonitor" and example["dashboards"] is True
+    (monitor,) = [d for d in monitored(stack, example, tmp_path) if d["kind"] == "PodMonitor"]
+    pod_monitor_schema.validate(monitor)
