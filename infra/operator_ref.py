@@ -10,13 +10,7 @@ import pulumi
 
 from .config import KUBERAY_CHART_VERSION, StackConfig
 from .kuberay import OUTPUT
-
-
-def qualified(stack_name: str) -> str:
-    """A stack name as StackReference takes it: organization/project/stack (a name with '/' is taken as given)."""
-    if "/" in stack_name:
-        return stack_name
-    return f"{pulumi.get_organization()}/{pulumi.get_project()}/{stack_name}"
+from .previous import qualified
 
 
 def operator_problem(stack: StackConfig, facts: Optional[dict[str, Any]]) -> Optional[str]:

@@ -22,6 +22,7 @@ from .manifests import head_service_name, labels, serve_service_name
 from .model_storage import ModelStorageArgs, ModelVolume
 from .monitoring import Monitoring
 from .operator_ref import operator_dependency
+from .previous import OUTPUT as PREVIOUS_OUTPUT, previous_deployment
 from .network_policy import RayNetworkPolicy
 from .ray_service import LlmRayService, LlmRayServiceArgs
 from .secrets import ServingSecrets, ServingSecretsArgs
@@ -60,11 +61,13 @@ class Deployment:
     namespace: pulumi.Output[str]
     images: ServingImages
     ray_service: LlmRayService
+    models: Optional[ModelVolume] = None
 
 
 def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
            registry_password: Optional[pulumi.Input[str]], api_keys: Optional[pulumi.Input[str]] = None) -> Deployment:
     name = stack.ray_service.name
+    previous = previous_deployment()
     depends: list[pulumi.Input[pulumi.Resource]] = []
     if stack.create_namespace:
         ns = k8s.core.v1.Namespace("namespace", metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -99,7 +102,7 @@ def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
     if stack.model_storage is not None:
         models = ModelVolume("models", ModelStorageArgs(
             storage=stack.model_storage, namespace=namespace, namespace_name=stack.namespace, name_prefix=name,
-            labels=labels(stack, "models")))
+            labels=labels(stack, "models"), previous=previous))
         depends.append(models)
 
     ray_service = LlmRayService(name, LlmRayServiceArgs(
@@ -108,7 +111,7 @@ def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
         api_keys_secret_name=api_keys_secret.secret_name if api_keys_secret else None, depends_on=depends))
     if stack.monitoring.scrape == "podMonitor" or stack.monitoring.dashboards:
         Monitoring("monitoring", stack, namespace, pulumi.ResourceOptions(depends_on=depends))
-    return Deployment(stack=stack, namespace=namespace, images=images, ray_service=ray_service)
+    return Deployment(stack=stack, namespace=namespace, images=images, ray_service=ray_service, models=models)
 
 
 def export_outputs(deployment: Deployment) -> None:
@@ -129,6 +132,8 @@ def export_outputs(deployment: Deployment) -> None:
     # The dashboard stays inside the cluster; this is how to reach it.
     pulumi.export("dashboard", deployment.namespace.apply(
         lambda ns: f"kubectl -n {ns} port-forward svc/{head_service_name(stack)} 8265:8265"))
+    # Read back by the next run (infra/previous.py).
+    pulumi.export(PREVIOUS_OUTPUT, {"modelStorage": deployment.models.facts if deployment.models else None})
 
 
 def require_docker_daemon(stack: StackConfig, probe: Callable[[Optional[str]], Optional[str]] = daemon_problem) -> None:

@@ -266,11 +266,11 @@ def test_existing_operator_namespace_claim_and_prebuilt_images(mocks):
 
     def check():
         types = {r.type for r in mocks.resources}
-        assert not [r for r in mocks.reads if r.type == "pulumi:pulumi:StackReference"]  # no operator stack to check
+        assert not [r for r in mocks.reads if r.inputs["id"].endswith("/kuberay")]  # no operator stack to check
         assert not types & {IMAGE_TYPE, "kubernetes:core/v1:Namespace",
                             "kubernetes:core/v1:PersistentVolume", "kubernetes:core/v1:PersistentVolumeClaim"}
         # no registry, no pull secret
-        assert [r.name for r in mocks.of_type(SECRET)] == ["secrets-hf-token", "api-keys"]
+        assert sorted(r.name for r in mocks.of_type(SECRET)) == ["api-keys", "secrets-hf-token"]  # registration order races
         spec = ray_service_of(mocks)["spec"]
         images = {c["image"] for c in containers(spec)}
         assert images == {f"example.com/intel@{digest}", f"example.com/amd@{digest}"}
