@@ -256,9 +256,9 @@ def ray_service_spec(
 
 
 def ray_service_annotations(stack: StackConfig) -> dict[str, str]:
+    """The plain annotations; infra/ray_service.py adds what `pulumi up` waits for (infra/rollout.py) and keeps the
+    worker-groups one across appended groups (infra/replacement.py)."""
     return {
         "ray.io/initializing-timeout": stack.ray_service.initializing_timeout,
         **worker_groups_annotation(stack),
-        # `pulumi up` returns when KubeRay reports the applications serving, not when the object is accepted.
-        "pulumi.com/waitFor": "condition=Ready",
     }

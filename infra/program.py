@@ -108,7 +108,8 @@ def deploy(stack: StackConfig, hf_token: Optional[pulumi.Input[str]],
     ray_service = LlmRayService(name, LlmRayServiceArgs(
         stack=stack, namespace=namespace, images=images.refs, hf_secret_name=secrets.hf_secret_name,
         pull_secret_name=secrets.pull_secret_name, model_claim_name=models.claim_name if models else None,
-        api_keys_secret_name=api_keys_secret.secret_name if api_keys_secret else None, depends_on=depends))
+        api_keys_secret_name=api_keys_secret.secret_name if api_keys_secret else None, depends_on=depends,
+        previous=previous))
     if stack.monitoring.scrape == "podMonitor" or stack.monitoring.dashboards:
         Monitoring("monitoring", stack, namespace, pulumi.ResourceOptions(depends_on=depends))
     return Deployment(stack=stack, namespace=namespace, images=images, ray_service=ray_service, models=models)
@@ -133,7 +134,8 @@ def export_outputs(deployment: Deployment) -> None:
     pulumi.export("dashboard", deployment.namespace.apply(
         lambda ns: f"kubectl -n {ns} port-forward svc/{head_service_name(stack)} 8265:8265"))
     # Read back by the next run (infra/previous.py).
-    pulumi.export(PREVIOUS_OUTPUT, {"modelStorage": deployment.models.facts if deployment.models else None})
+    pulumi.export(PREVIOUS_OUTPUT, deployment.ray_service.facts.apply(lambda facts: {
+        "rayService": facts, "modelStorage": deployment.models.facts if deployment.models else None}))
 
 
 def require_docker_daemon(stack: StackConfig, probe: Callable[[Optional[str]], Optional[str]] = daemon_problem) -> None:

@@ -399,10 +399,24 @@ class UpgradeStrategy(StrictModel):
         return self
 
 
+def duration_seconds(duration: str) -> int:
+    """Go-style 1h30m in seconds."""
+    return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"(\d+)([hms])", duration))
+
+
 class RayServiceOptions(StrictModel):
     name: str = Field(default="llm-serving", pattern=DNS_LABEL, max_length=40)
     upgrade_strategy: UpgradeStrategy = Field(default_factory=UpgradeStrategy)
-    # KubeRay gives up on (and recreates) a cluster that is not ready by then; a 70B load from NFS takes a while.
+    # A RayService not ready by then is given up for good by KubeRay 1.7 (terminal: clusters deleted, later changes
+    # ignored); the next `pulumi up` replaces it (infra/replacement.py). A 70B load from NFS takes a while.
     initializing_timeout: str = Field(default="60m", pattern=DURATION)
-    # How long `pulumi up` waits for the Ready condition.
+    # How long `pulumi up` waits for the new config to settle (infra/rollout.py).
     pulumi_timeout: str = Field(default="90m", pattern=DURATION)
+
+    @model_validator(mode="after")
+    def _pulumi_waits_for_kuberays_verdict(self) -> "RayServiceOptions":
+        # Else `up` can stop waiting before KubeRay gives up, and the next `up` would not know to replace it.
+        if duration_seconds(self.pulumi_timeout) <= duration_seconds(self.initializing_timeout):
+            raise ValueError(f"pulumiTimeout {self.pulumi_timeout} must be longer than initializingTimeout "
+                             f"{self.initializing_timeout}")
+        return self

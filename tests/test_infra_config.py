@@ -124,3 +124,9 @@ def test_prebuilt_reference_must_pin_a_digest():
 def test_rocr_visible_devices_is_refused_on_amd_gpus():
     message = config_error("gpu", lambda v: v["workerGroups"][2].update(env={"ROCR_VISIBLE_DEVICES": "0"}))
     assert "llm-serving:workerGroups[2].env.ROCR_VISIBLE_DEVICES: Ray refuses to start with it set" in message
+
+
+def test_pulumi_waits_longer_than_kuberay_gives_a_ray_service():
+    # Else `up` stops waiting before KubeRay's verdict and the next `up` cannot know to replace the RayService.
+    message = config_error("cpu", lambda v: v["rayService"].update(initializingTimeout="90m", pulumiTimeout="1h"))
+    assert "llm-serving:rayService: pulumiTimeout 1h must be longer than initializingTimeout 90m" in message

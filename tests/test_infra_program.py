@@ -15,6 +15,7 @@ from infra.config import REPO_ROOT, load_stack
 from infra.mocks import IMAGE_TYPE, RecordingMocks, mocked
 from infra.program import main
 from infra.ray_service import _minutes
+from infra.rollout import wait_for, with_config_marker
 from infra.serve_config import serve_config
 from tests.infra_helpers import (
     FAKE_HF_TOKEN, FAKE_REGISTRY_PASSWORD, SECRET, SECRETS, STACKS, plain, pulumi_config, stack_document, with_values,
@@ -71,7 +72,9 @@ def test_stack_declares_images_secrets_storage_and_ray_service_on_the_clusters_o
         service = ray_service_of(mocks)
         assert service["apiVersion"] == "ray.io/v1"
         spec = service["spec"]
-        assert yaml.safe_load(spec["serveConfigV2"]) == serve_config(config)
+        # The stack's applications, and the empty one whose name says which config this is (infra/rollout.py).
+        marked, marker = with_config_marker(serve_config(config))
+        assert yaml.safe_load(spec["serveConfigV2"]) == marked
         # Serve listens where every Ray container exposes `serve` and where the Service sends traffic.
         port = config.serve.port
         assert [p["targetPort"] for p in spec["serveService"]["spec"]["ports"]] == [port]
@@ -79,7 +82,7 @@ def test_stack_declares_images_secrets_storage_and_ray_service_on_the_clusters_o
         assert spec["upgradeStrategy"] == {"type": "None"}
         assert "serviceUnhealthySecondThreshold" not in spec and "deploymentUnhealthySecondThreshold" not in spec
         annotations = service["metadata"]["annotations"]
-        assert annotations["pulumi.com/waitFor"] == "condition=Ready"
+        assert annotations["pulumi.com/waitFor"] == wait_for(marker, len(config.serve.applications) + 1)
         assert annotations["ray.io/initializing-timeout"] == config.ray_service.initializing_timeout
         for container in containers(spec):
             assert "@sha256:" in container["image"], container["image"]

@@ -16,6 +16,7 @@ import yaml
 
 from infra.config import REPO_ROOT, load_stack
 from infra.render import REDACTED, render
+from infra.rollout import with_config_marker
 from infra.serve_config import serve_config
 from tests.infra_helpers import CRD_DIR, STACKS, with_values
 
@@ -78,7 +79,7 @@ def test_rayservice_validates_against_kuberay_crd(rendered, rayservice_schema):
     stack, paths = rendered
     (service,) = [d for d in documents(paths) if d["kind"] == "RayService"]
     rayservice_schema.validate(service)
-    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == serve_config(load_stack(stack))
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == with_config_marker(serve_config(load_stack(stack)))[0]
 
 
 def test_schema_check_catches_unknown_and_mistyped_fields(rendered, rayservice_schema):
