@@ -79,3 +79,12 @@ def test_the_gauges_exist_before_any_request():
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError, match="capacity"):
         BatchMetrics(FakeSink(), LABELS, capacity=0)
+
+
+def test_an_unchanged_gauge_is_not_set_again():
+    sink = FakeSink()
+    metrics = BatchMetrics(sink, LABELS, capacity=MAX_LEN)
+    for _ in range(3):
+        metrics.state(running=1, waiting=0, rows=[], cache_bytes=None)
+    metrics.state(running=2, waiting=0, rows=[], cache_bytes=None)
+    assert sink.of("vllm_num_requests_running") == [1, 2] and sink.of("vllm_num_requests_waiting") == [0]

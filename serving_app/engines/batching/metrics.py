@@ -4,7 +4,8 @@ dashboard reads every engine: recorded on the worker thread, one clock reading p
 As vLLM counts them: prompt tokens when a prompt is prefilled; every generated token (of a request still wanted);
 time to first token from arrival; one inter-token latency per later token; end-to-end latency, queue wait and
 `vllm_request_success` for requests that finish (stop or length), not for those their client abandoned. The
-running and waiting gauges and the KV cache are set after every step, and once when the loop starts.
+running and waiting gauges and the KV cache are set after a step that changed them, and once when the loop starts
+(a gauge set stays exported: serving_app.metrics.RaySink sets it again).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Optional, Protocol, Sequence
 from ...metrics import (
     BATCH_SIZE, E2E_LATENCY, GENERATION_TOKENS, INTER_TOKEN_LATENCY, ITERATION_TOKENS, KV_CACHE_BYTES, KV_CACHE_ROWS,
     KV_CACHE_USAGE, PROMPT_TOKENS, QUEUE_TIME, REQUEST_SUCCESS, RUNNING, TIME_TO_FIRST_TOKEN, WAITING, MetricLabels,
-    Recorder, Sink,
+    MetricSpec, Recorder, Sink,
 )
 from .sequence import Row
 
@@ -61,6 +62,7 @@ class BatchMetrics:
             raise ValueError(f"KV cache capacity must be at least one token, got {capacity}")
         self.recorder = Recorder(sink, labels, SPECS)
         self.capacity = capacity
+        self._gauges: dict[str, float] = {}  # last value set, by name: an unchanged one is not set again
 
     def token(self, row: Row, now: float) -> None:
         """`row` was given one more token at `now` (time.monotonic())."""
@@ -87,10 +89,14 @@ class BatchMetrics:
         record(BATCH_SIZE, len(rows), step=kind)
 
     def state(self, running: int, waiting: int, rows: Sequence[Row], cache_bytes: Optional[int]) -> None:
-        record = self.recorder.record
-        record(RUNNING, running)
-        record(WAITING, waiting)
-        record(KV_CACHE_ROWS, len(rows))
-        record(KV_CACHE_USAGE, min(1.0, sum(row.position for row in rows) / self.capacity))
+        self._gauge(RUNNING, running)
+        self._gauge(WAITING, waiting)
+        self._gauge(KV_CACHE_ROWS, len(rows))
+        self._gauge(KV_CACHE_USAGE, min(1.0, sum(row.position for row in rows) / self.capacity))
         if cache_bytes is not None:
-            record(KV_CACHE_BYTES, cache_bytes)
+            self._gauge(KV_CACHE_BYTES, cache_bytes)
+
+    def _gauge(self, spec: MetricSpec, value: float) -> None:
+        if self._gauges.get(spec.name) != value:
+            self._gauges[spec.name] = value
+            self.recorder.record(spec, value)
