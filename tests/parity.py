@@ -15,6 +15,7 @@ import asyncio
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,12 +92,17 @@ def batch_model_perplexity(model: Any, ids: Sequence[int]) -> float:
     return math.exp(total / (len(ids) - 1))
 
 
-def first_divergence(a: Sequence[int], b: Sequence[int]) -> Optional[int]:
-    """The first position where two token sequences differ (a length difference counts), None when equal."""
-    for index, (x, y) in enumerate(zip(a, b)):
-        if x != y:
+def first_divergence(tokenizer: Any, reference_ids: Sequence[int], reference_text: str, text: str) -> Optional[int]:
+    """The reference's generated token at which `text` parts from the reference's answer, None when they are the
+    same. Found on the text, not by encoding `text` again: a byte-level BPE may encode a generated text into other
+    tokens than those generated."""
+    if text == reference_text:
+        return None
+    common = len(os.path.commonprefix([text, reference_text]))
+    for index in range(len(reference_ids)):
+        if len(tokenizer.decode(reference_ids[:index + 1], skip_special_tokens=True)) > common:
             return index
-    return None if len(a) == len(b) else min(len(a), len(b))
+    return len(reference_ids)  # the reference stopped there (its end-of-sequence step)
 
 
 class InProcessEngine:

@@ -59,12 +59,11 @@ def _answers(engine: parity.InProcessEngine, reference: dict[str, Any]) -> dict[
 
 
 def _divergences(engine: parity.InProcessEngine, reference: dict[str, Any], answers: dict[str, str]) -> dict[str, int]:
-    """prompt -> first token where the engine's answer (as this engine's tokenizer encodes it) parts from the
-    reference's generated tokens."""
+    """prompt -> the reference's generated token where the engine's answer parts from it."""
     found = {}
     for prompt, text in answers.items():
-        expected = reference["answers"][prompt]["token_ids"]
-        where = parity.first_divergence(engine.tokenizer.encode(text, add_special_tokens=False), expected)
+        expected = reference["answers"][prompt]
+        where = parity.first_divergence(engine.tokenizer, expected["token_ids"], expected["text"], text)
         if where is not None:
             found[prompt] = where
     return found
