@@ -23,7 +23,7 @@ from benchmarks.common import (  # noqa: E402
     spread,
 )
 from devtools.servers import BareVLLM, OurServe, running  # noqa: E402
-from infra.serve_config import application  # noqa: E402
+from infra.serve_config import MULTI_MODEL_IMPORT_PATH, application  # noqa: E402
 
 METRICS = [  # (key in vllm bench's result, column title)
     ("output_throughput", "output tok/s"),
@@ -40,6 +40,7 @@ _RAY_DEFAULTS = {"RAY_worker_niceness": "15", "RAY_SERVE_ENABLE_HA_PROXY": "0", 
 VARIANTS: dict[str, dict[str, str]] = {
     "bare": {},
     "ours": {},
+    "ours-router": {},  # serving_app:multi_model_app_builder with this one model
     "ours-ray-defaults": _RAY_DEFAULTS,
     # Ray starts every worker process (Serve replica, proxy, and so the vLLM processes the replica spawns) at
     # nice 15, below Ray's own daemons and anything else on the node; 0 puts them on par with bare `vllm serve`.
@@ -146,12 +147,16 @@ def main() -> None:
             servers.append(BareVLLM(model, served, options.max_model_len, options.max_num_seqs,
                                     options.kv_cache_bytes, LOGS, python=MAIN_PYTHON))
         else:
-            servers.append(OurServe(application("bench", "/bench", {
+            args = {
                 "model_name": str(model), "served_model_name": served, "target_device": "CPU",
                 "max_model_len": options.max_model_len, "batch_size": options.max_num_seqs,
                 "engine_kwargs": {"kv_cache_memory_bytes": options.kv_cache_bytes},
                 "max_ongoing_requests": 256, "num_cpus": 1,
-            }), MAIN_PYTHON, label=variant, env=VARIANTS[variant]))
+            }
+            # The same model behind the router of several models (one hop more: router -> model's replica).
+            app = (application("bench", "/bench", {"models": [args]}, import_path=MULTI_MODEL_IMPORT_PATH)
+                   if variant == "ours-router" else application("bench", "/bench", args))
+            servers.append(OurServe(app, MAIN_PYTHON, label=variant, env=VARIANTS[variant]))
     runs: list[dict] = []
     meta = {
         "issue": 5, "machine": machine_info(), "options": vars(options), "command": " ".join(sys.argv),
