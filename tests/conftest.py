@@ -43,6 +43,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("engine", [e.value for e in engines], scope="session")
 
 
+@pytest.fixture
+def mocks():
+    """The Pulumi program's resources, recorded under mocks (fresh runtime state); pushed images get digests."""
+    from infra.mocks import RecordingMocks, mocked
+
+    with mocked(RecordingMocks(image_digests=True), stack="test") as recorder:
+        yield recorder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random Llama + trained tokenizer written by this environment's own transformers/tokenizers."""

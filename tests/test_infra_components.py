@@ -6,23 +6,16 @@ import base64
 import json
 
 import pulumi
-import pytest
 from pulumi.runtime import rpc
 
 from infra.images import ServingImages, ServingImagesArgs
 from infra.kuberay import KubeRayOperator, KubeRayOperatorArgs
-from infra.mocks import IMAGE_TYPE, RecordingMocks, mocked
+from infra.mocks import IMAGE_TYPE
 from infra.model_storage import ModelStorageArgs, ModelVolume
 from infra.secrets import ServingSecrets, ServingSecretsArgs
 from infra.stack_sections import ImageSpec, ModelStorage, Registry
 from serving_app.enums import TargetDevice
 from tests.infra_helpers import SECRET, plain
-
-
-@pytest.fixture
-def mocks():
-    with mocked(RecordingMocks(image_digests=True), stack="test") as recorder:
-        yield recorder
 
 
 @pulumi.runtime.test

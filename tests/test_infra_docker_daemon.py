@@ -13,7 +13,6 @@ import pytest
 
 from infra import docker_daemon, program
 from infra.config import REPO_ROOT
-from infra.mocks import RecordingMocks, mocked
 from tests.infra_helpers import parse_document, pulumi_config, stack_document, with_values
 
 DIGEST = "sha256:" + "c" * 64
@@ -76,12 +75,6 @@ def test_building_without_a_daemon_says_what_to_do():
 def test_prebuilt_images_need_no_daemon():
     stack = parse_document(with_values("cpu", prebuilt))
     program.require_docker_daemon(stack, probe=lambda host: pytest.fail("asked for a daemon"))
-
-
-@pytest.fixture
-def mocks():
-    with mocked(RecordingMocks(), stack="test") as recorder:
-        yield recorder
 
 
 @pulumi.runtime.test

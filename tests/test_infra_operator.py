@@ -12,18 +12,12 @@ import pytest
 import yaml
 
 from infra.config import KUBERAY_CHART_VERSION, REPO_ROOT, StackConfigError, load_stack, to_pulumi_config
-from infra.mocks import STACK_REFERENCE, RecordingMocks, mocked
+from infra.mocks import STACK_REFERENCE, RecordingMocks
 from infra.program import main
 from infra.render import render
 from tests.infra_helpers import STACKS, config_error, pulumi_config, stack_document, with_values
 
 OPERATOR_STACK = "organization/llm-serving/kuberay"
-
-
-@pytest.fixture
-def mocks():
-    with mocked(RecordingMocks(), stack="test") as recorder:
-        yield recorder
 
 
 def operator_reads_as(mocks: RecordingMocks, outputs: dict) -> None:

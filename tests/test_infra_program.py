@@ -12,7 +12,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime.settings import get_root_resource
 
 from infra.config import REPO_ROOT, load_stack
-from infra.mocks import IMAGE_TYPE, RecordingMocks, mocked
+from infra.mocks import IMAGE_TYPE, RecordingMocks
 from infra.program import main
 from infra.ray_service import _minutes
 from infra.rollout import wait_for, with_config_marker
@@ -22,12 +22,6 @@ from tests.infra_helpers import (
 )
 
 SECRET_KEYS = list(SECRETS)
-
-
-@pytest.fixture
-def mocks():
-    with mocked(RecordingMocks(image_digests=True), stack="test") as recorder:
-        yield recorder
 
 
 def use_config(document: dict, secrets: bool = True) -> None:

@@ -14,7 +14,6 @@ from pulumi.runtime import rpc
 from pulumi.runtime.settings import get_root_resource
 
 from infra.config import PROJECT, load_stack
-from infra.mocks import RecordingMocks, mocked
 from infra.network_policy import network_policy_spec
 from infra.program import main
 from infra.render import REDACTED, render
@@ -24,12 +23,6 @@ from tests.infra_helpers import (
 from tests.test_infra_render import K8S_VERSION, documents, rayservice_schema  # noqa: F401 (a fixture)
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
-
-
-@pytest.fixture
-def mocks():
-    with mocked(RecordingMocks(image_digests=True), stack="test") as recorder:
-        yield recorder
 
 
 def use(document: dict, drop: tuple[str, ...] = ()) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from infra import replacement
 from infra.autoscaler import WORKER_GROUPS_ANNOTATION, replace_on_changes
-from infra.mocks import STACK_REFERENCE, RecordingMocks, mocked
+from infra.mocks import STACK_REFERENCE
 from infra.previous import OUTPUT
 from infra.program import main
 from infra.ray_service import LlmRayService
@@ -93,12 +93,6 @@ def test_facts_record_kuberays_verdict():
     facts = LlmRayService._facts({}, ("a,b", 1), now, {"uid": "u"},
                                  {"conditions": [{"type": "Ready", "status": "False", "reason": "InitializingTimeout"}]})
     assert (facts["uid"], facts["timedOut"], facts["trigger"], facts["workerGroups"]) == ("u", True, "first", ["a", "b"])
-
-
-@pytest.fixture
-def mocks():
-    with mocked(RecordingMocks(), stack="test") as recorder:
-        yield recorder
 
 
 @pulumi.runtime.test

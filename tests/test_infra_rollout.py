@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from infra.config import REPO_ROOT, load_stack
-from infra.mocks import RecordingMocks, mocked
 from infra.program import main
 from infra.rollout import CONFIG_MARKER_IMPORT, rollout_problems, wait_for, with_config_marker
 from infra.serve_config import serve_config
@@ -135,12 +134,6 @@ def test_an_initializing_timeout_names_the_recovery():
     assert first.startswith("RayService llm-serving did not become ready within rayService.initializingTimeout (60m)")
     assert "KubeRay 1.7 gives up on it for good" in first and "`pulumi up` again: it replaces the RayService" in first
     assert apps == ["active application llama2: DEPLOYING"]
-
-
-@pytest.fixture
-def mocks():
-    with mocked(RecordingMocks(), stack="test") as recorder:
-        yield recorder
 
 
 @pulumi.runtime.test
