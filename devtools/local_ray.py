@@ -43,6 +43,7 @@ class LocalRay:
         self.resources = resources or {}
         # Ray keeps socket paths under its temp dir and they must stay short: /tmp, not a deep checkout.
         self.temp_dir = Path(temp_dir) if temp_dir else Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.serve_port = serve_port or free_port()

@@ -61,7 +61,11 @@ def _ray_start_params(group: NodeGroup, head: bool) -> dict[str, str]:
 # Serve's high-throughput mode (Ray >= 2.56): HAProxy takes the serve port in place of the Python proxy actor, which
 # alone kept a GPU replica below bare vLLM's throughput, and forwards to the replicas, which serve HTTP themselves
 # (direct ingress); Serve's request path runs without its extra thread hop. Measurements: benchmarks/RESULTS.md.
-RAY_SERVING_ENV = {"RAY_worker_niceness": "0", "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+#
+# A replica killed outright (OOM killer, SIGKILL) would leave vLLM's EngineCore running, holding the GPU memory its
+# replacement needs: with process-group cleanup the raylet kills each dead worker's whole process group.
+RAY_SERVING_ENV = {"RAY_worker_niceness": "0", "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                   "RAY_process_group_cleanup_enabled": "1"}
 
 # AMD GPUs: Ray and vLLM both narrow which GPUs a process sees, and a TP=4 replica fails when they disagree (vllm#12572:
 # a rank with ROCR_VISIBLE_DEVICES=1 and CUDA_VISIBLE_DEVICES=0,1 dies with "HIP error: invalid device ordinal").

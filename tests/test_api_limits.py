@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Optional
 
 import pytest
 
@@ -22,19 +23,22 @@ COMPLETION = {"prompt": "hi", "max_tokens": 20, "ignore_eos": True}
 
 
 class LongTokens(FakeTokenizer):
-    """A vocabulary whose longest entry is 3 characters; counts its encode calls."""
+    """A vocabulary whose longest entry is 3 characters; counts its encode calls. With `wait_for` set, encode blocks
+    until that event is set, as a long prompt's tokenizing holds its thread."""
 
-    def __init__(self, encode_seconds: float = 0.0):
+    def __init__(self, wait_for: Optional[threading.Event] = None):
         super().__init__()
         self.encoded = 0
-        self.encode_seconds = encode_seconds
+        self.wait_for = wait_for
+        self.released_while_encoding = False
 
     def get_vocab(self) -> dict[str, int]:
         return {"a": 0, "bc": 1, "def": 2}
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         self.encoded += 1
-        time.sleep(self.encode_seconds)  # like a fast tokenizer's Rust code: the thread holds no event loop
+        if self.wait_for is not None:
+            self.released_while_encoding = self.wait_for.wait(timeout=10)
         return super().encode(text, add_special_tokens)
 
 
@@ -98,24 +102,24 @@ def test_a_stop_sequence_at_the_cap_is_accepted():
 
 
 def test_tokenizing_runs_off_the_event_loop():
-    api = make_api(tokenizer=LongTokens(encode_seconds=0.5))
+    """Encode blocks until a task on the event loop releases it: that can only happen if the loop keeps running
+    while the prompt is tokenized (on the loop, encode would wait out its timeout with the loop stopped)."""
+    release = threading.Event()
+    tokenizer = LongTokens(wait_for=release)
+    api = make_api(tokenizer=tokenizer)
 
-    async def run() -> float:
-        gaps, done = [], False
-
-        async def tick() -> None:
-            while not done:
-                start = time.monotonic()
+    async def run() -> None:
+        async def release_from_the_loop() -> None:
+            while tokenizer.encoded == 0:
                 await asyncio.sleep(0.01)
-                gaps.append(time.monotonic() - start)
+            release.set()
 
-        ticker = asyncio.ensure_future(tick())
+        releaser = asyncio.ensure_future(release_from_the_loop())
         await api.prepare(api.completion_request, raw({"prompt": "hi"}))
-        done = True
-        await ticker
-        return max(gaps)
+        await releaser
 
-    assert asyncio.run(run()) < 0.2  # the loop kept running while the prompt was tokenized for 0.5 s
+    asyncio.run(run())
+    assert tokenizer.released_while_encoding
 
 
 def test_a_bad_request_prepared_off_the_loop_raises_its_400():

@@ -158,8 +158,8 @@ def test_render_command_line(tmp_path):
 
 
 def test_ray_workers_run_at_normal_priority_behind_haproxy(rendered):
-    """Every Ray container runs its workers at nice 0 behind Serve's HAProxy ingress (why: RAY_SERVING_ENV in
-    infra/manifests.py)."""
+    """Every Ray container runs its workers at nice 0 behind Serve's HAProxy ingress, and a dead worker's processes
+    go with it (why: RAY_SERVING_ENV in infra/manifests.py)."""
     _, paths = rendered
     spec = next(doc for doc in documents(paths) if doc["kind"] == "RayService")["spec"]["rayClusterConfig"]
     groups = [spec["headGroupSpec"]] + spec.get("workerGroupSpecs", [])
@@ -169,6 +169,7 @@ def test_ray_workers_run_at_normal_priority_behind_haproxy(rendered):
             assert env.get("RAY_worker_niceness") == "0", container["name"]
             assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", container["name"]
             assert env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1", container["name"]
+            assert env.get("RAY_process_group_cleanup_enabled") == "1", container["name"]
 
 
 def amd_gpu_cluster(values):

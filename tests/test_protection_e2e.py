@@ -14,7 +14,6 @@ import signal
 import statistics
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import httpx
@@ -22,6 +21,8 @@ import openai
 import pytest
 
 from devtools.local_ray import descendants
+from tests import replicas
+from tests.replicas import engine_cores, running
 from infra.serve_config import application
 from tests.engine_cases import MAX_MODEL_LEN, SERVED_MODEL
 
@@ -182,10 +183,7 @@ def test_requests_beyond_the_queue_are_shed_at_once_with_retry_after(guarded):
 
 
 def replica_pid(server) -> int:
-    replicas = server.serve.applications()[NAME]["deployments"]["LLMServer"]["replicas"]
-    running = [replica["pid"] for replica in replicas if replica["state"] == "RUNNING"]
-    assert len(running) == 1, replicas
-    return running[0]
+    return replicas.replica_pid(server, NAME)
 
 
 class InFlight:
@@ -270,7 +268,7 @@ def test_a_killed_engine_ends_every_request_with_an_error_and_the_replica_is_rep
     if engine != "vllm":
         pytest.skip("kills vLLM's EngineCore process")
     replica = replica_pid(server)
-    cores = [pid for pid in descendants([replica]) if b"EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    cores = engine_cores(replica)
     assert len(cores) == 1, cores
     requests = InFlight(guarded)
     assert requests.streaming.wait(60)
@@ -294,6 +292,7 @@ def test_a_killed_engine_ends_every_request_with_an_error_and_the_replica_is_rep
 
 def test_a_killed_replica_ends_every_request_promptly_and_serve_replaces_it(server, guarded):
     replica = replica_pid(server)
+    processes = running(descendants([replica]))  # the replica and its vLLM EngineCore
     requests = InFlight(guarded)
     assert requests.streaming.wait(60)
     time.sleep(1.5)
@@ -314,3 +313,8 @@ def test_a_killed_replica_ends_every_request_promptly_and_serve_replaces_it(serv
     # HAProxy answers 404 "Path ... not found" until the new one runs (Ray 2.60; more replicas keep serving).
     assert all(s.startswith(("200", "503", f"404 Path '{ROUTE}/")) for s in seen), seen
     assert replica_pid(server) != replica
+    # The raylet kills the dead worker's process group (RAY_SERVING_ENV): no engine is left holding its memory.
+    deadline = time.monotonic() + 15
+    while (left := running(processes)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes of the killed replica still running: {left}"

@@ -5,31 +5,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
-
 import pytest
 
-from devtools.local_ray import pids_using
 from devtools.serve_rest import http_json
+from tests.replicas import engine_cores, replica_pid, running_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
-
-
-def _engine_core_pids(temp_dir: Path) -> list[int]:
-    pids = []
-    for pid in pids_using(temp_dir):
-        try:
-            if b"EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(pid)
-        except OSError:
-            continue
-    return pids
 
 
 def test_killed_engine_is_reported_dead_and_the_replica_is_replaced(engine, server, base_url):
     if engine != "vllm":
         pytest.skip("kills vLLM's EngineCore process")
-    cores = _engine_core_pids(server.temp_dir)
+    # This app's own engine: other tests' apps on the same head may still be going down.
+    cores = engine_cores(replica_pid(server, "llm"))
     assert len(cores) == 1, f"expected one vLLM EngineCore process, found {cores}"
     os.kill(cores[0], signal.SIGKILL)
 
@@ -47,7 +35,8 @@ def test_killed_engine_is_reported_dead_and_the_replica_is_replaced(engine, serv
     # Serve's check_health fails too, so Serve starts a new replica with a new engine.
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        new_cores = [pid for pid in _engine_core_pids(server.temp_dir) if pid not in cores]
+        new_cores = [pid for replica in running_replicas(server, "llm") for pid in engine_cores(replica)
+                     if pid not in cores]
         try:
             # While the new replica loads, the proxy holds requests: a short wait, then ask again.
             status, body = http_json("GET", f"{base_url}/health", timeout=5)
