@@ -8,6 +8,10 @@ only it knows (request ids, tokens, the first token's time, the finish reason) o
 middleware leaves in the scope (`RECORD`). No prompt or completion text is logged unless `include_text` (the serve
 arg `access_log_text`): then the request body as the client sent it and the generated text.
 
+Behind the router of several models (serving_app.router) the model's replica writes the line and counts the request
+(`AccessLogger`, with its engine's labels: it alone knows the tokens); the router's own middleware logs only what
+it answered itself (a missing key, an unknown model, a full model), marked by `RequestRecord.forwarded`.
+
 The line is JSON on the replica process's stderr (Ray keeps it in the worker's `.err` log, logs/worker-*.err):
 {"log": "access", "request_id", "application", "model", "route", "method", "path", "status", "finish_reason",
 "prompt_tokens", "generated_tokens", "ttft_s", "duration_s", "disconnected"}.
@@ -67,6 +71,8 @@ class RequestRecord:
 
     route: str
     started: float = field(default_factory=time.monotonic)
+    model: Optional[str] = None  # the logger's own model unless set (the router: the model the request named)
+    forwarded: bool = False  # passed on to a model's replica, which logs it
     request_ids: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     generated_tokens: dict[str, int] = field(default_factory=dict)  # per generation: the chunks carry running totals
@@ -95,18 +101,62 @@ class RequestRecord:
         self.failed = True
 
 
-class AccessLog:
-    """ASGI middleware: a RequestRecord per generation request, finished (logged and counted) once its answer is
-    sent or its client is gone."""
+class AccessLogger:
+    """Finishes RequestRecords: the access line and the `serving_requests` count."""
 
-    def __init__(self, app: ASGIApp, *, application: str, model: str, recorder: Optional[Recorder] = None,
+    def __init__(self, *, application: str, model: Optional[str], recorder: Optional[Recorder] = None,
                  include_text: bool = False):
-        self.app = app
         self.application = application
         self.model = model
         self.recorder = recorder
         self.include_text = include_text
         _stderr_lines()
+
+    def record(self, route: str) -> RequestRecord:
+        return RequestRecord(route=route, include_text=self.include_text)
+
+    def finish(self, record: RequestRecord, status: int, method: Optional[str], path: Optional[str],
+               client_request_id: Optional[str] = None) -> None:
+        disconnected = status == CLIENT_CLOSED
+        if disconnected:
+            reason = "abort"
+        elif status >= 400 or record.failed:
+            reason = "error"
+        else:
+            reason = record.finish_reason or "stop"
+        if self.recorder is not None:
+            # The recorder's own labels only: a model id a client sent must not mint new series.
+            self.recorder.record(REQUESTS, 1, route=record.route, finished_reason=reason, status=str(status))
+        line: dict[str, Any] = {
+            "log": "access",
+            "request_id": ",".join(record.request_ids) or client_request_id,
+            "application": self.application,
+            "model": record.model or self.model,
+            "route": record.route,
+            "method": method,
+            "path": path,
+            "status": status,
+            "finish_reason": reason,
+            "prompt_tokens": record.prompt_tokens,
+            "generated_tokens": sum(record.generated_tokens.values()),
+            "ttft_s": None if record.first_token is None else round(record.first_token - record.started, 6),
+            "duration_s": round(time.monotonic() - record.started, 6),
+            "disconnected": disconnected,
+        }
+        if record.include_text:
+            line["request_body"] = record.body.decode("utf-8", "replace")
+            line["completion"] = "".join(record.text)
+        logger.info(json.dumps(line, ensure_ascii=False))
+
+
+class AccessLog:
+    """ASGI middleware: a RequestRecord per generation request, finished (logged and counted) once its answer is
+    sent or its client is gone, unless it was forwarded to a model's replica that logs it."""
+
+    def __init__(self, app: ASGIApp, *, application: str, model: Optional[str], recorder: Optional[Recorder] = None,
+                 include_text: bool = False):
+        self.app = app
+        self.log = AccessLogger(application=application, model=model, recorder=recorder, include_text=include_text)
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
@@ -114,14 +164,14 @@ class AccessLog:
         if route is None:
             await self.app(scope, receive, send)
             return
-        record = RequestRecord(route=route, include_text=self.include_text)
+        record = self.log.record(route)
         scope[RECORD] = record
         status: list[int] = []
         done = False
 
         async def receiving() -> Message:
             message = await receive()
-            if record.include_text and message["type"] == "http.request":
+            if message["type"] == "http.request":
                 record.body += message.get("body", b"")
             return message
 
@@ -134,43 +184,12 @@ class AccessLog:
                 done = True
 
         try:
-            await self.app(scope, receiving if self.include_text else receive, sending)
+            await self.app(scope, receiving if record.include_text else receive, sending)
         finally:
-            # Not sent to the end (the app returned or was cancelled first): the client left.
-            self.finish(record, status[0] if done else CLIENT_CLOSED, scope)
-
-    def finish(self, record: RequestRecord, status: int, scope: Scope) -> None:
-        disconnected = status == CLIENT_CLOSED
-        if disconnected:
-            reason = "abort"
-        elif status >= 400 or record.failed:
-            reason = "error"
-        else:
-            reason = record.finish_reason or "stop"
-        generated = sum(record.generated_tokens.values())
-        if self.recorder is not None:
-            self.recorder.record(REQUESTS, 1, route=record.route, finished_reason=reason, status=str(status))
-        now = time.monotonic()
-        line: dict[str, Any] = {
-            "log": "access",
-            "request_id": ",".join(record.request_ids) or _header(scope, b"x-request-id"),
-            "application": self.application,
-            "model": self.model,
-            "route": record.route,
-            "method": scope.get("method"),
-            "path": scope.get("path"),
-            "status": status,
-            "finish_reason": reason,
-            "prompt_tokens": record.prompt_tokens,
-            "generated_tokens": generated,
-            "ttft_s": None if record.first_token is None else round(record.first_token - record.started, 6),
-            "duration_s": round(now - record.started, 6),
-            "disconnected": disconnected,
-        }
-        if record.include_text:
-            line["request_body"] = record.body.decode("utf-8", "replace")
-            line["completion"] = "".join(record.text)
-        logger.info(json.dumps(line, ensure_ascii=False))
+            if not record.forwarded:
+                # Not sent to the end (the app returned or was cancelled first): the client left.
+                self.log.finish(record, status[0] if done else CLIENT_CLOSED, scope.get("method"),
+                                scope.get("path"), _header(scope, b"x-request-id"))
 
 
 def _header(scope: Scope, name: bytes) -> Optional[str]:

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .access_log import CLIENT_CLOSED, AccessLogger, RequestRecord
 from .api import ANSWERED_ERRORS, APIError, OpenAIAPI, as_api_error
 from .autoscaling import AutoscalingConfig
 from .limits import Admission
@@ -29,6 +30,7 @@ from .serve_args import ServeArgs, describe_validation_error
 
 COMPLETIONS, CHAT, LEGACY = "completions", "chat", "legacy"
 MEDIA_TYPES = {COMPLETIONS: "text/event-stream", CHAT: "text/event-stream", LEGACY: "application/x-ndjson"}
+ROUTES = {COMPLETIONS: "openai", CHAT: "openai", LEGACY: "legacy"}  # the access log's and serving_requests' route
 
 
 class RouterOptions(BaseModel):
@@ -45,6 +47,13 @@ class RouterOptions(BaseModel):
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("num_replicas: give num_replicas (a fixed count) or autoscaling_config, not both")
         return self
+
+    @property
+    def replica_range(self) -> tuple[int, int]:
+        """(fewest, most) router replicas."""
+        if self.autoscaling_config is not None:
+            return self.autoscaling_config.min_replicas, self.autoscaling_config.max_replicas
+        return self.num_replicas or 1, self.num_replicas or 1
 
 
 class MultiModelArgs(BaseModel):
@@ -170,9 +179,38 @@ Forwarded = Union[Refusal, BaseModel, bytes]  # a refusal; a whole answer; or th
 
 
 async def forwarded_answer(api: OpenAIAPI, admission: Admission, endpoint: str, raw: bytes,
-                           deadline_unix: Optional[float]) -> AsyncIterator[Forwarded]:
+                           deadline_unix: Optional[float], log: Optional[AccessLogger] = None,
+                           path: Optional[str] = None) -> AsyncIterator[Forwarded]:
     """One routed request's answer at the model's replica: a Refusal, or the whole answer (a response model), or
-    the stream's pieces as the single-model route would send them."""
+    the stream's pieces as the single-model route would send them. With `log`, the request's access line and count
+    are written here, where its tokens are known: when a refusal or whole answer is passed on, when a stream ends,
+    or (499) when the router stops reading because its client left."""
+    record = log.record(ROUTES[endpoint]) if log is not None else None
+    if record is not None and record.include_text:
+        record.body += raw
+    finished = False
+
+    def finish(status: int) -> None:
+        nonlocal finished
+        finished = True
+        if log is not None and record is not None:
+            log.finish(record, status, "POST", path)
+
+    try:
+        async for item in _answer(api, admission, endpoint, raw, deadline_unix, record):
+            if isinstance(item, (Refusal, BaseModel)):  # the answer's only item
+                finish(item.status if isinstance(item, Refusal) else 200)
+                yield item
+                return
+            yield item
+        finish(200)
+    finally:
+        if not finished:
+            finish(CLIENT_CLOSED)
+
+
+async def _answer(api: OpenAIAPI, admission: Admission, endpoint: str, raw: bytes, deadline_unix: Optional[float],
+                  record: Optional[RequestRecord]) -> AsyncIterator[Forwarded]:
     deadline = None if deadline_unix is None else time.monotonic() + (deadline_unix - time.time())
     try:
         if len(raw) > api.args.max_request_bytes:
@@ -182,17 +220,17 @@ async def forwarded_answer(api: OpenAIAPI, admission: Admission, endpoint: str, 
             if endpoint == LEGACY:
                 body, generations = await api.prepare(api.legacy_requests, raw)
                 if body.stream:
-                    pieces = api.legacy_stream(generations[0], deadline)
+                    pieces = api.legacy_stream(generations[0], deadline, record)
                 else:
-                    yield await api.legacy(generations, deadline)
+                    yield await api.legacy(generations, deadline, record)
                     return
             else:
                 parse = api.completion_request if endpoint == COMPLETIONS else api.chat_request
                 body, generation = await api.prepare(parse, raw)
                 if body.stream:
-                    pieces = api.stream(body, generation, deadline)
+                    pieces = api.stream(body, generation, deadline, record)
                 else:
-                    yield await api.answer(body, generation, deadline)
+                    yield await api.answer(body, generation, deadline, record)
                     return
             async with aclosing(pieces) as stream:  # the router closing its end aborts the generation
                 async for piece in stream:
@@ -217,5 +255,5 @@ def router_deployment_options(args: MultiModelArgs) -> dict[str, Any]:
     if args.router.autoscaling_config is not None:
         options["autoscaling_config"] = args.router.autoscaling_config.serve_options(args.most_admitted())
     else:
-        options["num_replicas"] = args.router.num_replicas or 1
+        options["num_replicas"] = args.router.replica_range[0]
     return options

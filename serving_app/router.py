@@ -17,10 +17,12 @@ from ray.serve import Application
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from .access_log import RECORD, AccessLog, AccessLogger
 from .api import ANSWERED_ERRORS, APIError
 from .auth import ENV as API_KEYS_ENV, APIKeys
-from .ingress import _answered_error, _BarePrefixIsRoot, _json, _SSE_HEADERS, _whole_answer
+from .ingress import _CHAT_PAGE, _answered_error, _BarePrefixIsRoot, _json, _SSE_HEADERS, _whole_answer
 from .limits import Admission, Guard
+from .metrics import REQUESTS, MetricLabels, Recorder, ray_sink
 from .multi_model import (
     CHAT, COMPLETIONS, LEGACY, MEDIA_TYPES, Forwarded, MultiModelArgs, Routes, expect_answer, forwarded_answer,
     parse_multi_model_args, peek, router_deployment_options,
@@ -36,9 +38,9 @@ for _error_type in ANSWERED_ERRORS:
     router_app.add_exception_handler(_error_type, _answered_error)
 
 
-def _overloaded(error: BackPressureError) -> APIError:
+def _overloaded(error: BackPressureError, retry_after_s: int) -> APIError:
     return APIError(503, f"the model's replicas are overloaded: retry later ({error})", type_="server_error",
-                    code="overloaded", headers={"Retry-After": "1"})
+                    code="overloaded", headers={"Retry-After": str(retry_after_s)})
 
 
 async def _pieces(first: Any, rest: DeploymentResponseGenerator) -> AsyncIterator[bytes]:
@@ -56,12 +58,18 @@ class ModelServer:
 
     async def __init__(self, raw_args: dict[str, Any]):
         self.replica = await ModelReplica.start(raw_args)
+        args = self.replica.args
+        self.log = AccessLogger(application=serve.get_replica_context().app_name, model=args.served_model_name,
+                                recorder=Recorder(ray_sink(), MetricLabels.of(args), [REQUESTS]),
+                                include_text=args.access_log_text)
 
     async def check_health(self) -> None:
         await self.replica.engine.check_health()
 
-    async def forward(self, endpoint: str, raw: bytes, deadline_unix: Optional[float]) -> AsyncIterator[Forwarded]:
-        async for item in forwarded_answer(self.replica.api, self.replica.admission, endpoint, raw, deadline_unix):
+    async def forward(self, endpoint: str, raw: bytes, deadline_unix: Optional[float],
+                      path: Optional[str] = None) -> AsyncIterator[Forwarded]:
+        async for item in forwarded_answer(self.replica.api, self.replica.admission, endpoint, raw, deadline_unix,
+                                           self.log, path):
             yield item
 
     async def __del__(self):
@@ -85,19 +93,32 @@ class Router:
         admission = Admission(self.args.most_admitted(), 0, max(m.retry_after_s for m in self.args.models))
         router_app.add_middleware(Guard, keys=keys, admission=admission,
                                   max_body_bytes=max(m.max_request_bytes for m in self.args.models))
+        # Outermost: what the router answers itself (the guard's 401/413, an unknown model, a full model's 503).
+        # A request passed on to a model is logged and counted by that model's replica, with its engine's labels.
+        router_app.add_middleware(AccessLog, application=serve.get_replica_context().app_name, model=None,
+                                  recorder=Recorder(ray_sink(), MetricLabels("", "", ""), [REQUESTS]),
+                                  include_text=any(m.access_log_text for m in self.args.models))
 
     async def _forward(self, request: Request, endpoint: str) -> Response:
         arrival = time.time()
         raw = await request.body()
         model, stream = peek(raw)
+        record = request.scope.get(RECORD)
+        if record is not None:
+            record.model = model
         index = self.routes.target(model, endpoint)
-        answer = self.handles[index].remote(endpoint, raw, self.routes.deadline(index, arrival))
+        answer = self.handles[index].remote(endpoint, raw, self.routes.deadline(index, arrival),
+                                            request.scope.get("path"))
+        if record is not None:
+            record.forwarded = True
 
         async def first() -> Any:
             try:
                 return expect_answer(await answer.__anext__())
             except BackPressureError as error:
-                raise _overloaded(error) from None
+                if record is not None:
+                    record.forwarded = False  # Serve refused it before any replica saw it: the router logs it
+                raise _overloaded(error, self.args.models[index].retry_after_s) from None
             except BaseException:
                 answer.cancel()
                 raise
@@ -111,6 +132,10 @@ class Router:
     @router_app.get("/health")
     async def health(self) -> Response:
         return JSONResponse({"status": "ok", "models": self.routes.ids()})
+
+    @router_app.get("/chat")
+    async def chat_page(self) -> Response:
+        return Response(_CHAT_PAGE, media_type="text/html; charset=utf-8")
 
     @router_app.get("/v1/models")
     async def models(self) -> Response:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +88,18 @@ def client(base_url: str):
     import openai
 
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def access_lines():
+    """The access lines logged during the test, parsed."""
+    found: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(json.loads(record.getMessage()))
+
+    handler = Collect()
+    logging.getLogger("serving_app.access").addHandler(handler)
+    yield found
+    logging.getLogger("serving_app.access").removeHandler(handler)

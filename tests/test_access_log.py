@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any, Optional
 
 import pytest
@@ -18,21 +17,6 @@ from tests.fake_engine import TOKENS, FakeEngine
 from tests.fake_metrics import FakeSink
 
 LABELS = MetricLabels(model_name="fake-model", engine="vllm", hardware="CPU")
-
-
-@pytest.fixture
-def lines():
-    """The access lines logged during the test, parsed."""
-    found: list[dict[str, Any]] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            found.append(json.loads(record.getMessage()))
-
-    handler = Collect()
-    logging.getLogger("serving_app.access").addHandler(handler)
-    yield found
-    logging.getLogger("serving_app.access").removeHandler(handler)
 
 
 def scope(path: str = "/llm/v1/completions", method: str = "POST", **extra: Any) -> dict[str, Any]:
@@ -100,21 +84,21 @@ def test_only_generation_requests_are_recorded(path, method, route):
     (200, False, True, "499", "abort"),  # cancelled (Serve's proxy cancels a departed client's handler)
     (499, True, False, "499", "abort"),  # the whole-answer path's own "client closed request"
 ])
-def test_each_request_is_counted_once_with_the_status_sent(lines, status, finish, cancel, counted_status, reason):
+def test_each_request_is_counted_once_with_the_status_sent(access_lines, status, finish, cancel, counted_status, reason):
     sink = FakeSink()
     call(access(responding(status, finish, cancel), sink), scope())
     assert sink.records == [("serving_requests", 1, {**LABELS.tags(), "route": "openai", "status": counted_status,
                                                      "finished_reason": reason})]
-    [line] = lines
+    [line] = access_lines
     assert line["status"] == int(counted_status) and line["finish_reason"] == reason
     assert line["disconnected"] is (counted_status == "499")
     assert line["application"] == "llm" and line["model"] == "fake-model" and line["route"] == "openai"
 
 
-def test_other_paths_pass_untouched(lines):
+def test_other_paths_pass_untouched(access_lines):
     sink = FakeSink()
     sent = call(access(responding(200), sink), scope("/llm/health", "GET"))
-    assert sent[0]["status"] == 200 and sink.records == [] and lines == []
+    assert sent[0]["status"] == 200 and sink.records == [] and access_lines == []
 
 
 # ---- with the API: what only it knows ---------------------------------------------------------------------
@@ -156,41 +140,41 @@ def request_body(**fields: Any) -> bytes:
     return json.dumps({"model": "fake-model", "prompt": "hey", "max_tokens": 3, **fields}).encode()
 
 
-def test_whole_and_streamed_answers_log_their_tokens_and_finish(lines):
+def test_whole_and_streamed_answers_log_their_tokens_and_finish(access_lines):
     sink = FakeSink()
     app = access(api_app(make_api()), sink)
     call(app, scope(), request_body())
     call(app, scope(), request_body(stream=True, max_tokens=8))  # the fake engine stops after its 4 tokens
-    whole, streamed = lines
+    whole, streamed = access_lines
     assert whole["request_id"].startswith("cmpl-") and whole["status"] == 200
     assert (whole["prompt_tokens"], whole["generated_tokens"], whole["finish_reason"]) == (3, 3, "length")
     assert (streamed["prompt_tokens"], streamed["generated_tokens"], streamed["finish_reason"]) == (3, 4, "stop")
-    for line in lines:
+    for line in access_lines:
         assert 0 <= line["ttft_s"] <= line["duration_s"]
         assert "request_body" not in line and "completion" not in line  # no text unless asked for
     assert sorted(tags["finished_reason"] for _, _, tags in sink.records) == ["length", "stop"]
 
 
-def test_a_bad_request_and_a_departed_streaming_client(lines):
+def test_a_bad_request_and_a_departed_streaming_client(access_lines):
     sink = FakeSink()
     recorder = Recorder(sink, LABELS, [REQUESTS])
     for app, body in ((api_app(make_api()), request_body(max_tokens=-1)),
                       (api_app(make_api(), hold=True), request_body(stream=True))):
         call(AccessLog(app, application="llm", model="fake-model", recorder=recorder), scope(), body)
-    bad, left = lines
+    bad, left = access_lines
     assert (bad["status"], bad["finish_reason"], bad["prompt_tokens"], bad["ttft_s"]) == (400, "error", 0, None)
     assert bad["request_id"] is None  # no generation began and the client sent no x-request-id
     assert (left["status"], left["finish_reason"], left["disconnected"]) == (499, "abort", True)
     assert [tags["status"] for _, _, tags in sink.records] == ["400", "499"]
 
 
-def test_text_is_logged_only_when_enabled(lines):
+def test_text_is_logged_only_when_enabled(access_lines):
     call(access(api_app(make_api()), include_text=True), scope(), request_body())
-    [line] = lines
+    [line] = access_lines
     assert json.loads(line["request_body"])["prompt"] == "hey"
     assert line["completion"] == "".join(TOKENS[:3])
 
 
-def test_a_client_request_id_is_kept_when_no_generation_began(lines):
+def test_a_client_request_id_is_kept_when_no_generation_began(access_lines):
     call(access(responding(413)), scope(headers=[(b"x-request-id", b"abc")]))
-    assert lines[0]["request_id"] == "abc"
+    assert access_lines[0]["request_id"] == "abc"

