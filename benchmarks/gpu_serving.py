@@ -1,5 +1,5 @@
 """Issue 6: our application on a GPU machine (Ray Serve + vLLM, tensor parallel) against bare `vllm serve`, on the
-same machine in the same session. Runs ON the GPU machine (benchmarks/gpu/README.md says how to get vLLM and Ray
+same machine in the same session. Runs ON the GPU machine (benchmarks/gpu/prepare.sh and install.sh bring vLLM and Ray
 there):
 
     python3 -m benchmarks.gpu_serving ours --shape 70b --out DIR     # the gpu stack's app, as rendered, on Ray

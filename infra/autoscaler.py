@@ -20,7 +20,7 @@ from .stack_sections import WorkerGroup
 AUTOSCALER_OWNED = ("replicas", "minReplicas", "maxReplicas")
 
 # Every field of `rayClusterConfig` and of one `workerGroupSpecs` entry in the KubeRay 1.7.0 RayService CRD
-# (tests/test_autoscaler.py compares them with the CRD), so a field this program starts to set later is covered too.
+# (tests/test_infra_autoscaling.py compares them with the CRD), so a field this program starts to set later is covered too.
 RAY_CLUSTER_FIELDS = (
     "authOptions", "autoscalerOptions", "enableInTreeAutoscaling", "gcsFaultToleranceOptions", "headGroupSpec",
     "headServiceAnnotations", "historyServerOptions", "managedBy", "networkPolicy", "rayVersion", "suspend",

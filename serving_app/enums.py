@@ -25,7 +25,7 @@ class DataType(str, Enum):
     INT8 = "int8"
     INT4 = "int4"
     # FP8 weights (vLLM: an FP8 checkpoint as it is, else a 16-bit one quantized while loading); the layers FP8 does
-    # not cover (embeddings, norms, lm_head) keep the checkpoint's own 16-bit type. NVIDIA Hopper or newer, AMD MI300.
+    # not cover (embeddings, norms, lm_head) keep the checkpoint's own 16-bit type. NVIDIA Ada, Hopper or newer, AMD MI300.
     FP8 = "fp8"
 
 

@@ -64,7 +64,7 @@ class VLLMOptions(EngineOptions):
     kv_cache_memory_bytes: Optional[int] = Field(default=None, ge=1)
     kv_cache_dtype: Literal[KV_CACHE_DTYPES] = Field(  # type: ignore[valid-type]
         default="auto", description="KV cache data type: auto (the model's) or an FP8 one (fp8 = fp8_e4m3; half "
-                                    "the bytes per token, NVIDIA Hopper or newer / AMD MI300)")
+                                    "the bytes per token, NVIDIA Ada, Hopper or newer / AMD MI300)")
     disable_log_stats: bool = True
 
     @model_validator(mode="after")

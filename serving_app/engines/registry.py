@@ -4,7 +4,7 @@ hardware images that carry it, the preview-time checks and the test matrix.
 
 Importable without Ray or any engine library. Adding an engine: its module (a subclass of `base.Engine`), its
 options model (`options.py`), one entry below, a requirements file, and an image if it needs one; the tests in
-tests/serving_app/engines/test_registry.py fail until every other place knows it.
+tests/test_registry.py fail until every other place knows it.
 
     python -m serving_app.engines.registry envs                # one line per environment: name, venv, requirements
     python -m serving_app.engines.registry pytest-marks NAME   # the tests environment NAME runs (pytest -m)
