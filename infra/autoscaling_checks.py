@@ -5,8 +5,6 @@ adds a node only where a replica can use it. Every refusal gives the numbers."""
 
 from __future__ import annotations
 
-from serving_app.placement import replica_demand
-
 from .checks import _fmt, shortfall
 from .config import StackConfig
 from .stack_sections import NodeGroup
@@ -27,15 +25,18 @@ def _total(groups: list[tuple[str, NodeGroup, int]]) -> dict[str, float]:
 
 def check_minimum_fit(stack: StackConfig) -> list[str]:
     needed: dict[str, float] = {}
+    counts = []
     for app in stack.serve.applications:
-        fewest = app.args.replica_range[0]
-        for name, amount in replica_demand(app.args).items():
-            needed[name] = needed.get(name, 0.0) + amount * fewest
+        for deployment in app.deployments():
+            fewest = deployment.replica_range[0]
+            for name, amount in deployment.demand.items():
+                needed[name] = needed.get(name, 0.0) + amount * fewest
+            counts.append(f"{app.name}{'' if app.multi_model is None else '.' + deployment.where}: {fewest}")
     capacity = _total(_group_minimums(stack))
     over = shortfall(needed, capacity)
     if not over:
         return []
-    counts = ", ".join(f"{app.name}: {app.args.replica_range[0]}" for app in stack.serve.applications)
+    counts = ", ".join(counts)
     sizes = ", ".join(f"{name}: {count}" for name, _, count in _group_minimums(stack))
     return [f"serve.applications: at their minimum replicas ({counts}) the applications need {_fmt(needed)}, but the "
             f"node groups at their minReplicas ({sizes}) have {_fmt(capacity)} (short {_fmt(over)}): raise a "
@@ -45,8 +46,8 @@ def check_minimum_fit(stack: StackConfig) -> list[str]:
 def _landing(stack: StackConfig, group: NodeGroup) -> list[tuple[str, dict[str, float]]]:
     """(app name, one replica's demand) of the applications whose replica fits one node of `group`."""
     capacity = group.ray_capacity()
-    return [(app.name, demand) for app in stack.serve.applications
-            if not shortfall(demand := replica_demand(app.args), capacity)]
+    return [(app.name, deployment.demand) for app in stack.serve.applications for deployment in app.deployments()
+            if not shortfall(deployment.demand, capacity)]
 
 
 def check_group_shapes(stack: StackConfig) -> list[str]:

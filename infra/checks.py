@@ -4,10 +4,10 @@ here with the app, the demand and the node group named, instead of as a pod pend
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from serving_app.engines.registry import image_engine
-from serving_app.placement import replica_demand
+from serving_app.serve_args import ServeArgs
 
 from .config import REPO_ROOT, StackConfig
 from .gpu_fit import check_gpu_fit, gpu_fit_warnings
@@ -41,6 +41,31 @@ def _best_group(demand: dict[str, float], groups: list[tuple[str, NodeGroup, int
     return name, group
 
 
+def _placement_problems(where: str, demand: dict[str, float], args: Optional[ServeArgs],
+                        groups: list[tuple[str, NodeGroup, int]]) -> list[str]:
+    """One replica fits one node of some group, and (a model's) the groups it can land on run its engine."""
+    fits = [(name, group) for name, group, count in groups if count and not shortfall(demand, group.ray_capacity())]
+    if not fits:
+        best_name, best = _best_group(demand, [g for g in groups if g[2]] or groups)
+        return [f"{where}: one replica needs {_fmt(demand)} on a single node, which no node group offers; "
+                f"best fit is '{best_name}' with {_fmt(best.ray_capacity())} "
+                f"(short {_fmt(shortfall(demand, best.ray_capacity()))})"]
+    if args is None:
+        return []
+    device = args.target_device.value
+    wrong = [(name, group) for name, group in fits if group.hardware != args.target_device]
+    if wrong:
+        names = ", ".join(f"'{name}' ({group.hardware.value}, image engine {image_engine(group.hardware).value})"
+                          for name, group in wrong)
+        return [f"{where}: engine {args.engine.value} on {device} can land on {names}; give it a custom resource "
+                f"that only {device} groups offer (args.resources, e.g. {{{device.lower()}_cpu: 1}}) or fix "
+                f"target_device"]
+    if image_engine(args.target_device) != args.engine:
+        return [f"{where}: engine {args.engine.value} is not in the {device} image "
+                f"(it carries {image_engine(args.target_device).value})"]
+    return []
+
+
 def check_placement(stack: StackConfig) -> list[str]:
     """Each replica fits one node of some group; all replicas together fit the cluster; the groups a replica can
     land on run its engine."""
@@ -52,33 +77,11 @@ def check_placement(stack: StackConfig) -> list[str]:
             totals[name] = totals.get(name, 0.0) + amount * count
     needed: dict[str, float] = {}
     for index, app in enumerate(stack.serve.applications):
-        where = f"serve.applications[{index}] ({app.name})"
-        demand = replica_demand(app.args)
-        for name, amount in demand.items():
-            needed[name] = needed.get(name, 0.0) + amount * app.args.replica_range[1]
-        fits = [(name, group) for name, group, count in groups if count and not shortfall(demand, group.ray_capacity())]
-        if not fits:
-            best_name, best = _best_group(demand, [g for g in groups if g[2]] or groups)
-            problems.append(
-                f"{where}: one replica needs {_fmt(demand)} on a single node, which no node group offers; "
-                f"best fit is '{best_name}' with {_fmt(best.ray_capacity())} "
-                f"(short {_fmt(shortfall(demand, best.ray_capacity()))})"
-            )
-            continue
-        wrong = [(name, group) for name, group in fits if group.hardware != app.args.target_device]
-        if wrong:
-            names = ", ".join(f"'{name}' ({group.hardware.value}, image engine {image_engine(group.hardware).value})"
-                              for name, group in wrong)
-            problems.append(
-                f"{where}: engine {app.args.engine.value} on {app.args.target_device.value} can land on {names}; "
-                f"give it a custom resource that only {app.args.target_device.value} groups offer "
-                f"(args.resources, e.g. {{{app.args.target_device.value.lower()}_cpu: 1}}) or fix target_device"
-            )
-        elif image_engine(app.args.target_device) != app.args.engine:
-            problems.append(
-                f"{where}: engine {app.args.engine.value} is not in the {app.args.target_device.value} image "
-                f"(it carries {image_engine(app.args.target_device).value})"
-            )
+        for deployment in app.deployments():
+            for name, amount in deployment.demand.items():
+                needed[name] = needed.get(name, 0.0) + amount * deployment.replica_range[1]
+            problems += _placement_problems(app.describe(index, deployment.where), deployment.demand,
+                                            deployment.args, groups)
     over = shortfall(needed, totals)
     if over:
         problems.append(
@@ -91,8 +94,8 @@ def check_placement(stack: StackConfig) -> list[str]:
 def pack_warnings(stack: StackConfig) -> list[str]:
     """First-fit-decreasing over nodes: a hint (not an error) that the totals fit but the pieces may not."""
     nodes = [(name, dict(group.ray_capacity())) for name, group, count in stack.node_groups() for _ in range(count)]
-    replicas = [(app.name, replica_demand(app.args)) for app in stack.serve.applications
-                for _ in range(app.args.replica_range[1])]
+    replicas = [(app.name, deployment.demand) for app in stack.serve.applications
+                for deployment in app.deployments() for _ in range(deployment.replica_range[1])]
     replicas.sort(key=lambda item: (item[1].get("GPU", 0), item[1].get("CPU", 0)), reverse=True)
     unplaced = []
     for app_name, demand in replicas:
@@ -135,14 +138,15 @@ def check_routes_and_ports(stack: StackConfig) -> list[str]:
 def check_model_storage(stack: StackConfig) -> list[str]:
     problems = []
     for index, app in enumerate(stack.serve.applications):
-        lora = app.args.lora
-        paths = [("model_name", app.args.model_name)]
-        paths += [(f"lora.adapters.{name}", path) for name, path in (lora.adapters.items() if lora else ())]
-        paths += [("lora.dynamic_dir", lora.dynamic_dir)] if lora and lora.dynamic_dir else []
-        for key, path in paths:
-            if path.startswith(MODELS_MOUNT + "/") and stack.model_storage is None:
-                problems.append(f"serve.applications[{index}].args.{key}: {path} is on the model volume but "
-                                f"modelStorage is not configured")
+        for where, args in app.model_args():
+            lora = args.lora
+            paths = [("model_name", args.model_name)]
+            paths += [(f"lora.adapters.{name}", path) for name, path in (lora.adapters.items() if lora else ())]
+            paths += [("lora.dynamic_dir", lora.dynamic_dir)] if lora and lora.dynamic_dir else []
+            for key, path in paths:
+                if path.startswith(MODELS_MOUNT + "/") and stack.model_storage is None:
+                    problems.append(f"serve.applications[{index}].{where}.{key}: {path} is on the model volume but "
+                                    f"modelStorage is not configured")
     return problems
 
 

@@ -59,44 +59,48 @@ def assess(stack) -> tuple[list[str], list[str]]:
         if group.hardware.is_gpu:
             problems += group_gpu(name, group)[3]
     for index, app in enumerate(stack.serve.applications):
-        args = app.args
-        where = f"serve.applications[{index}] ({app.name})"
-        if args.engine != EngineName.VLLM:
-            continue
-        wants_fp8 = args.data_type == DataType.FP8 or args.options.fp8_kv_cache
-        try:
-            engine_arguments(args, local_config(args.model_name))
-        except ValueError as error:
-            problems.append(f"{where}.args.{error}")
-            continue
-        if not args.target_device.is_gpu:
-            if wants_fp8:
-                problems.append(f"{where}: FP8 (data_type fp8 / kv_cache_dtype) needs NVIDIA Ada, Hopper or newer, "
-                                f"or AMD MI300 GPUs, not target_device {args.target_device.value}")
-            continue
-        for name, group in _candidate_groups(stack, args):
-            gpu, size, fp8, _ = group_gpu(name, group)
-            if wants_fp8 and fp8 is not True:
-                problems.append(
-                    f"{where}: FP8 needs NVIDIA Ada, Hopper or newer, or AMD MI300; node group '{name}' "
-                    + (f"has {gpu}, which has no FP8 units" if fp8 is False else
-                       "does not say its GPU (gpuModel), so that cannot be checked"))
-            if size is None:
-                warnings.append(f"{where}: node group '{name}' declares no gpuModel or gpuMemory: GPU-memory fit "
-                                f"not checked")
-                continue
-            fit = estimate(args, gpu or "GPU", size)
-            if fit is None:
-                warnings.append(f"{where}: GPU-memory fit on '{name}' not checked: {args.model_name} has no readable "
-                                f"config.json and no entry in serving_app/model_shapes.py; declare model_parameters")
-                continue
-            problem, warning = _verdict(fit)
-            if problem:
-                problems.append(f"{where}: one replica cannot start on node group '{name}': {problem}; "
-                                f"{fit.describe()}")
-            if warning:
-                warnings.append(f"{where} on node group '{name}': {warning}; {fit.describe()}")
+        for part, args in app.model_args():
+            if args.engine == EngineName.VLLM:
+                _assess_model(stack, app.describe(index, part), f"serve.applications[{index}] ({app.name}).{part}",
+                              args, problems, warnings)
     return problems, warnings
+
+
+def _assess_model(stack, where: str, fields: str, args, problems: list[str], warnings: list[str]) -> None:
+    """One vLLM model's FP8 and GPU-memory fit; `fields` names its serve args in the stack file."""
+    wants_fp8 = args.data_type == DataType.FP8 or args.options.fp8_kv_cache
+    try:
+        engine_arguments(args, local_config(args.model_name))
+    except ValueError as error:
+        problems.append(f"{fields}.{error}")
+        return
+    if not args.target_device.is_gpu:
+        if wants_fp8:
+            problems.append(f"{where}: FP8 (data_type fp8 / kv_cache_dtype) needs NVIDIA Ada, Hopper or newer, "
+                            f"or AMD MI300 GPUs, not target_device {args.target_device.value}")
+        return
+    for name, group in _candidate_groups(stack, args):
+        gpu, size, fp8, _ = group_gpu(name, group)
+        if wants_fp8 and fp8 is not True:
+            problems.append(
+                f"{where}: FP8 needs NVIDIA Ada, Hopper or newer, or AMD MI300; node group '{name}' "
+                + (f"has {gpu}, which has no FP8 units" if fp8 is False else
+                   "does not say its GPU (gpuModel), so that cannot be checked"))
+        if size is None:
+            warnings.append(f"{where}: node group '{name}' declares no gpuModel or gpuMemory: GPU-memory fit "
+                            f"not checked")
+            continue
+        fit = estimate(args, gpu or "GPU", size)
+        if fit is None:
+            warnings.append(f"{where}: GPU-memory fit on '{name}' not checked: {args.model_name} has no readable "
+                            f"config.json and no entry in serving_app/model_shapes.py; declare model_parameters")
+            continue
+        problem, warning = _verdict(fit)
+        if problem:
+            problems.append(f"{where}: one replica cannot start on node group '{name}': {problem}; "
+                            f"{fit.describe()}")
+        if warning:
+            warnings.append(f"{where} on node group '{name}': {warning}; {fit.describe()}")
 
 
 def _verdict(fit: FitEstimate) -> tuple[Optional[str], Optional[str]]:

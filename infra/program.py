@@ -176,7 +176,8 @@ def main(check_docker_daemon: bool = False) -> Deployment | KubeRayOperator:
     config = pulumi.Config()
     hf_token = config.get_secret("hfToken")
     registry_password = config.get_secret("registryPassword")
-    if hf_token is None and any(not app.args.model_name.startswith("/") for app in stack.serve.applications):
+    if hf_token is None and any(not args.model_name.startswith("/") for app in stack.serve.applications
+                                for _, args in app.model_args()):
         pulumi.log.warn("no hfToken: gated hub models (e.g. Llama 2) will fail to download; "
                         "pulumi config set --secret hfToken <token>")
     if registry_password is None and stack.registry is not None:

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional, Union
-
-from serving_app.serve_args import parse_serve_args
+from typing import Any, Iterable, Mapping, Optional
 
 from .config import StackConfig
 
@@ -31,28 +29,18 @@ def build_serve_config(applications: Iterable[dict[str, Any]], *, host: str, por
     }
 
 
-def serve_config(
-    stack: StackConfig,
-    *,
-    model_path: Union[str, Mapping[str, str], None] = None,
-    args_overrides: Optional[Mapping[str, Any]] = None,
-) -> dict[str, Any]:
-    """The Serve config the RayService carries.
-
-    `model_path` (one path for every app, or app name -> path) and `args_overrides` re-point the same config at
-    other weights or sizes, e.g. a generated tiny model on a local Ray; the result is re-validated by `ServeArgs`.
-    """
+def serve_config(stack: StackConfig) -> dict[str, Any]:
+    """The Serve config the RayService carries."""
     applications = []
-    for index, app in enumerate(stack.serve.applications):
+    for app in stack.serve.applications:
         # Resolved args (engine, data type, GPU count...) minus defaults: the config says what runs, briefly.
-        args = app.args.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
-        path = model_path.get(app.name) if isinstance(model_path, Mapping) else model_path
-        if path is not None or args_overrides:
-            changed = {**args, **(args_overrides or {})}
-            if path is not None:
-                changed["model_name"] = path  # served_model_name keeps the hub id clients already use
-            args = parse_serve_args(changed, f"serve.applications[{index}].args").model_dump(
-                mode="json", exclude_none=True, exclude_defaults=True)
-        applications.append(application(app.name, app.route_prefix, args, app.runtime_env))
+        if app.multi_model is not None:
+            args = app.multi_model.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+            applications.append(application(app.name, app.route_prefix, args, app.runtime_env,
+                                             import_path=MULTI_MODEL_IMPORT_PATH))
+        else:
+            assert app.args is not None
+            args = app.args.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+            applications.append(application(app.name, app.route_prefix, args, app.runtime_env))
     # A proxy on every node: the serve Service reaches whichever pod it picks (KubeRay marks ready ones).
     return build_serve_config(applications, host="0.0.0.0", port=stack.serve.port, proxy_location="EveryNode")

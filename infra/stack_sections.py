@@ -4,12 +4,15 @@ strict pydantic model each; `infra.config.StackConfig` puts them together."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from serving_app.enums import TargetDevice
+from serving_app.multi_model import MultiModelArgs
+from serving_app.placement import replica_demand
 from serving_app.serve_args import ServeArgs
 
 MODELS_MOUNT = "/models"
@@ -256,11 +259,52 @@ class ModelStorage(StrictModel):
         return self
 
 
+@dataclass(frozen=True)
+class AppDeployment:
+    """One deployment of an application as the checks see it: where the stack file declares it, what one replica
+    reserves, its (fewest, most) replicas, and its model's serve args (None for the router of several models)."""
+
+    where: str
+    demand: dict[str, float]
+    replica_range: tuple[int, int]
+    args: Optional[ServeArgs]
+
+
 class ServeApp(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][-A-Za-z0-9_]*$")
     route_prefix: str = Field(pattern=r"^/")
-    args: ServeArgs
+    args: Optional[ServeArgs] = Field(default=None, description="One model: serving_app:typed_app_builder's args.")
+    multi_model: Optional[MultiModelArgs] = Field(
+        default=None, description="Several models behind this route, chosen by the request's `model`: "
+                                  "serving_app:multi_model_app_builder's args (models, default_model, router).")
     runtime_env: dict[str, Any] = Field(default_factory=dict, description="Ray runtime_env (no secrets).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ServeApp":
+        if (self.args is None) == (self.multi_model is None):
+            raise ValueError("give args (one model) or multiModel (several models behind this route), not "
+                             + ("both" if self.args is not None else "neither"))
+        return self
+
+    def model_args(self) -> list[tuple[str, ServeArgs]]:
+        """(stack-file path under the application, serve args) of each model this application serves."""
+        if self.args is not None:
+            return [("args", self.args)]
+        assert self.multi_model is not None
+        return [(f"multiModel.models[{index}]", args) for index, args in enumerate(self.multi_model.models)]
+
+    def describe(self, index: int, where: str = "args") -> str:
+        """How problems name this application (and, of several models, which one)."""
+        return f"serve.applications[{index}] ({self.name})" + (f".{where}" if self.multi_model is not None else "")
+
+    def deployments(self) -> list[AppDeployment]:
+        """Every deployment whose replicas reserve resources: each model's, and the router's if it reserves CPUs."""
+        found = [AppDeployment(where, replica_demand(args), args.replica_range, args)
+                 for where, args in self.model_args()]
+        if self.multi_model is not None and self.multi_model.router.num_cpus > 0:
+            router = self.multi_model.router
+            found.append(AppDeployment("multiModel.router", {"CPU": router.num_cpus}, router.replica_range, None))
+        return found
 
     @field_validator("runtime_env")
     @classmethod

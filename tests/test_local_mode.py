@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from devtools.local_mode import env_python
+from devtools.local_plan import env_python
 from devtools.local_ray import REPO_ROOT, LocalRay, free_port
 from devtools.serve_rest import http_json
 from infra.config import load_stack

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import devtools.local_mode as local
+import devtools.local_mode as local_mode
+import devtools.local_plan as local
 from infra.config import load_stack
 from infra.serve_config import serve_config
 from serving_app.serve_args import EngineName, TargetDevice
@@ -83,6 +84,6 @@ def test_python_m_infra_local_is_an_alias_of_devtools_local(monkeypatch: pytest.
     from infra.__main__ import main as infra_main
 
     seen = []
-    monkeypatch.setattr(local, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(local_mode, "main", lambda argv: seen.append(argv) or 0)
     assert infra_main(["local", "status", "--stack", "cpu"]) == 0
     assert seen == [["status", "--stack", "cpu"]]
