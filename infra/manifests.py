@@ -10,6 +10,7 @@ import json
 from typing import Any, Mapping, Optional
 
 from serving_app.auth import ENV as API_KEYS_KEY
+from serving_app.auth import FILE_ENV as API_KEYS_FILE_ENV
 from serving_app.enums import TargetDevice
 
 from .autoscaler import autoscaler_fields, group_sizes, worker_groups_annotation
@@ -18,6 +19,7 @@ from .stack_sections import MODELS_MOUNT, NodeGroup
 
 HF_TOKEN_KEY = "HF_TOKEN"
 RAY_UID = 1000  # the `ray` user of images/*/Dockerfile
+API_KEYS_MOUNT = "/etc/llm-serving/api-keys"
 
 def labels(stack: StackConfig, component: str) -> dict[str, str]:
     return {
@@ -131,9 +133,10 @@ def pod_template(
     if hf_secret_name:
         env.append({"name": HF_TOKEN_KEY,
                     "valueFrom": {"secretKeyRef": {"name": hf_secret_name, "key": HF_TOKEN_KEY}}})
-    if api_keys_secret_name:  # the serving API's keys (infra/api_keys.py), read by every replica at start
-        env.append({"name": API_KEYS_KEY,
-                    "valueFrom": {"secretKeyRef": {"name": api_keys_secret_name, "key": API_KEYS_KEY}}})
+    if api_keys_secret_name:
+        # The serving API's keys (infra/api_keys.py) as a file the kubelet updates when the Secret changes, which the
+        # replicas re-read (serving_app/auth.py): a rotation needs no restart, as an env var from the Secret would.
+        env.append({"name": API_KEYS_FILE_ENV, "value": f"{API_KEYS_MOUNT}/{API_KEYS_KEY}"})
     storage = stack.model_storage
     if storage is not None and storage.hf_cache_dir:
         env.append({"name": "HF_HOME", "value": storage.hf_cache_dir})
@@ -150,6 +153,9 @@ def pod_template(
         # Memory-backed and counted against the pod's memory limit.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": group.shm_size}},
     ]
+    if api_keys_secret_name:
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True})  # not subPath: it never updates
+        volumes.append({"name": "api-keys", "secret": {"secretName": api_keys_secret_name, "defaultMode": 0o440}})
     if model_claim_name:
         read_only = storage.read_only if storage is not None else True
         mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": read_only})

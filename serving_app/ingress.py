@@ -142,7 +142,7 @@ class LLMServer:
     async def __init__(self, raw_args: dict[str, Any]):
         replica = await ModelReplica.start(raw_args)
         self.args, self.engine, self.api, self.admission = replica.args, replica.engine, replica.api, replica.admission
-        keys = APIKeys.from_env()  # read once: a rotated key reaches a replica when it is restarted
+        keys = APIKeys.from_env()
         if not keys.required:
             logger.warning("%s is not set: anyone who reaches this endpoint can use it", API_KEYS_ENV)
         # Here, not at import: the guard needs this replica's args and keys, and Starlette builds its middleware

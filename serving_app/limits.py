@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from .api import APIError, as_api_error, deadline_passed, error_response
-from .auth import APIKeys
+from .auth import Keys
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -123,7 +123,7 @@ async def send_error(send: Send, error: APIError) -> None:
 class Guard:
     """The ASGI middleware (Starlette's `add_middleware(Guard, ...)` form: the app first)."""
 
-    def __init__(self, app: ASGIApp, *, keys: APIKeys, admission: Admission, max_body_bytes: int,
+    def __init__(self, app: ASGIApp, *, keys: Keys, admission: Admission, max_body_bytes: int,
                  timeout_s: Optional[float] = None):
         self.app, self.keys, self.admission = app, keys, admission
         self.max_body_bytes, self.timeout_s = max_body_bytes, timeout_s

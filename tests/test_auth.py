@@ -9,6 +9,7 @@ import pytest
 from serving_app import auth
 from serving_app.api import APIError, as_api_error, error_response
 from serving_app.auth import APIKeys
+from tests.secret_volume import update_secret_file
 
 
 def refused(keys: APIKeys, header: bytes | None) -> APIError:
@@ -69,3 +70,52 @@ def test_every_key_is_compared_even_after_a_match(monkeypatch):
     APIKeys(["first-key", "second-key-longer", "third"]).check(b"Bearer first-key")
     # One comparison per key, all of digests (one length): neither which key matched nor its length shows.
     assert compared == [(32, 32)] * 3
+
+
+# ---- keys from a mounted Secret, rotated while the replica runs ------------------------------------------
+
+
+def bearer(key: str) -> bytes:
+    return f"Bearer {key}".encode()
+
+
+def rejected(keys, key: str) -> bool:
+    try:
+        keys.check(bearer(key))
+    except APIError as error:
+        assert error.status == 401
+        return True
+    return False
+
+
+def test_keys_from_a_file_follow_a_rotation_without_a_restart(tmp_path, caplog):
+    update_secret_file(tmp_path, "API_KEYS", "old-key")
+    keys = APIKeys.from_env({"API_KEYS_FILE": str(tmp_path / "API_KEYS"), "API_KEYS": "ignored"})
+    keys.reload_every_s = 0
+    assert not rejected(keys, "old-key") and rejected(keys, "ignored")
+    update_secret_file(tmp_path, "API_KEYS", "old-key,new-key")  # step 1 of a rotation: both
+    assert not rejected(keys, "old-key") and not rejected(keys, "new-key")
+    update_secret_file(tmp_path, "API_KEYS", "new-key")  # step 2: the old one goes
+    assert rejected(keys, "old-key") and not rejected(keys, "new-key")
+    # A broken or empty update changes nothing: neither an open API nor every client locked out.
+    for bad in ("", " , ", "new key with spaces"):
+        update_secret_file(tmp_path, "API_KEYS", bad)
+        assert rejected(keys, "old-key") and not rejected(keys, "new-key")
+    assert caplog.text.count("previous keys stay") == 3
+
+
+def test_the_file_is_looked_at_only_every_few_seconds(tmp_path, monkeypatch):
+    update_secret_file(tmp_path, "API_KEYS", "old-key")
+    keys = auth.APIKeyFile(tmp_path / "API_KEYS", reload_every_s=60)
+    update_secret_file(tmp_path, "API_KEYS", "new-key")
+    assert not rejected(keys, "old-key")  # within the interval: not re-read yet
+    monkeypatch.setattr(auth.time, "monotonic", lambda: 10**9)
+    assert rejected(keys, "old-key") and not rejected(keys, "new-key")
+
+
+def test_a_key_file_without_a_key_is_refused_at_start(tmp_path):
+    (tmp_path / "API_KEYS").write_text(" ,")
+    with pytest.raises(ValueError, match="holds no key"):
+        APIKeys.from_env({"API_KEYS_FILE": str(tmp_path / "API_KEYS")})
+    with pytest.raises(FileNotFoundError):
+        APIKeys.from_env({"API_KEYS_FILE": str(tmp_path / "missing")})

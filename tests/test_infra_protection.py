@@ -1,4 +1,4 @@
-"""The cluster's protection as the program declares it: the API-key Secret and its secretKeyRef (no plaintext in
+"""The cluster's protection as the program declares it: the API-key Secret and its mounted file (no plaintext in
 any manifest or output), a stack without keys refused at preview, KubeRay token auth, the NetworkPolicy and the
 pods' security contexts; rendered manifests validated against the CRD and Kubernetes' schemas."""
 
@@ -73,10 +73,18 @@ def test_api_keys_reach_every_ray_container_from_a_secret_never_in_plaintext(ren
     kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
     (service,) = [d for d in docs if d["kind"] == "RayService"]
     rayservice_schema.validate(service)
-    for container in ray_containers(service["spec"]["rayClusterConfig"]):
-        env = {item["name"]: item for item in container["env"]}
-        assert env["API_KEYS"] == {"name": "API_KEYS", "valueFrom": {"secretKeyRef": {
-            "name": f"{name}-api-keys", "key": "API_KEYS"}}}, container["name"]
+    cluster = service["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+        pod = group["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == f"{name}-api-keys"]
+        for container in pod["containers"]:
+            env = {item["name"]: item.get("value") for item in container["env"]}
+            # A file from a mounted Secret (not subPath, not an env var): the kubelet updates it on rotation and the
+            # replicas re-read it (serving_app/auth.py APIKeyFile).
+            (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+            assert "subPath" not in mount and mount["readOnly"] is True
+            assert env["API_KEYS_FILE"] == f"{mount['mountPath']}/API_KEYS", container["name"]
+            assert "API_KEYS" not in env
 
 
 def test_the_ray_cluster_uses_token_auth_and_locked_down_pods(rendered):
@@ -168,7 +176,7 @@ def test_allow_unauthenticated_serves_without_keys_and_warns(mocks, monkeypatch)
         assert not [r for r in mocks.of_type(SECRET) if r.name == "api-keys"]
         (service,) = [r for r in mocks.resources if r.inputs.get("kind") == "RayService"]
         for container in ray_containers(service.inputs["spec"]["rayClusterConfig"]):
-            assert "API_KEYS" not in {item["name"] for item in container["env"]}
+            assert not {"API_KEYS", "API_KEYS_FILE"} & {item["name"] for item in container["env"]}
         assert any("anyone who reaches the serve port" in w for w in warnings), warnings
 
     return after(deployment, check)

@@ -14,6 +14,7 @@ import signal
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import httpx
@@ -23,6 +24,7 @@ import pytest
 from devtools.local_ray import descendants
 from tests import replicas
 from tests.replicas import engine_cores, running
+from tests.secret_volume import update_secret_file
 from infra.serve_config import application
 from tests.engine_cases import MAX_MODEL_LEN, SERVED_MODEL
 
@@ -36,13 +38,19 @@ LONG = {"prompt": "the model", "max_tokens": MAX_MODEL_LEN - 64, "ignore_eos": T
 
 
 @pytest.fixture(scope="module")
-def guarded(server) -> str:
-    """Our application deployed beside the suite's, with the suite's own args (its engine, its converted model)."""
+def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("api-keys")
+
+
+@pytest.fixture(scope="module")
+def guarded(server, key_dir: Path) -> str:
+    """Our application deployed beside the suite's, with the suite's own args (its engine, its converted model), its
+    keys in a file kept like a mounted Secret (as in the cluster: infra/manifests.py)."""
     apps = server.serve.applications()
     configs = [apps[name]["deployed_app_config"] for name in apps]
     suite = next(config for config in configs if config["route_prefix"] != ROUTE)
-    ours = application(NAME, ROUTE, {**suite["args"], **LIMITS},
-                       {"env_vars": {"API_KEYS": f"{OLD_KEY},{NEW_KEY}"}})
+    key_file = update_secret_file(key_dir, "API_KEYS", f"{OLD_KEY},{NEW_KEY}")
+    ours = application(NAME, ROUTE, {**suite["args"], **LIMITS}, {"env_vars": {"API_KEYS_FILE": str(key_file)}})
     server.serve.deploy(server.serve_config([*configs, ours]), timeout=900)
     try:
         yield server.url(ROUTE)
@@ -90,6 +98,24 @@ def test_both_keys_work_with_the_openai_sdk_and_health_is_open(guarded):
 
 
 # ---- request limits --------------------------------------------------------------------------------------
+
+
+def test_a_rotated_key_reaches_the_running_replica(server, guarded, key_dir):
+    third = "third-key-00112233445566778899"
+    replica = replica_pid(server)
+    update_secret_file(key_dir, "API_KEYS", f"{NEW_KEY},{third}")
+    try:
+        deadline = time.monotonic() + 30  # the replica looks at the file every 5 s
+        while post(f"{guarded}/v1/completions", {"prompt": "hi", "max_tokens": 2},
+                   {"Authorization": f"Bearer {third}"}).status_code == 401 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert post(f"{guarded}/v1/completions", {"prompt": "hi", "max_tokens": 2},
+                    {"Authorization": f"Bearer {third}"}).status_code == 200
+        assert post(f"{guarded}/v1/completions", {"prompt": "hi", "max_tokens": 2},
+                    {"Authorization": f"Bearer {OLD_KEY}"}).status_code == 401
+        assert replica_pid(server) == replica  # no restart
+    finally:
+        update_secret_file(key_dir, "API_KEYS", f"{OLD_KEY},{NEW_KEY}")
 
 
 def test_a_body_over_the_limit_is_a_413_before_it_is_read(guarded):
