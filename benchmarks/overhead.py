@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "bare": {},
     "ours": {},
     "ours-router": {},  # serving_app:multi_model_app_builder with this one model
+    "ours-nostats": {},  # vLLM's statistics off (engine_kwargs disable_log_stats): what the serving metrics cost
     "ours-ray-defaults": _RAY_DEFAULTS,
     # Ray starts every worker process (Serve replica, proxy, and so the vLLM processes the replica spawns) at
     # nice 15, below Ray's own daemons and anything else on the node; 0 puts them on par with bare `vllm serve`.
@@ -153,6 +154,8 @@ def main() -> None:
                 "engine_kwargs": {"kv_cache_memory_bytes": options.kv_cache_bytes},
                 "max_ongoing_requests": 256, "num_cpus": 1,
             }
+            if variant == "ours-nostats":
+                args["engine_kwargs"] = {**args["engine_kwargs"], "disable_log_stats": True}
             # The same model behind the router of several models (one hop more: router -> model's replica).
             app = (application("bench", "/bench", {"models": [args]}, import_path=MULTI_MODEL_IMPORT_PATH)
                    if variant == "ours-router" else application("bench", "/bench", args))
