@@ -42,9 +42,15 @@ def _load_state(stack: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+# Serve's HAProxy puts its admin socket at <temp dir>/haproxy/<56 hex>/admin.sock, and HAProxy refuses a socket path
+# over 97 characters: the temp dir itself may take 21 at most.
+MAX_RAY_TEMP_DIR = 21
+
+
 def _ray_temp_dir(stack: str) -> Path:
-    # Short (Ray's socket paths live under it) and distinct per cache, so a test run never meets a user's head.
-    return Path(f"/tmp/ray-local-{stack}-{hashlib.sha1(str(local_plan.CACHE.resolve()).encode()).hexdigest()[:8]}")
+    # Short, and distinct per stack and cache, so a test run never meets a user's head.
+    digest = hashlib.sha1(f"{stack}\0{local_plan.CACHE.resolve()}".encode()).hexdigest()[:8]
+    return Path(f"/tmp/ray-{digest}")
 
 
 def _dashboard_from_env() -> Optional[str]:

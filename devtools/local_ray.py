@@ -43,7 +43,6 @@ class LocalRay:
         self.resources = resources or {}
         # Ray keeps socket paths under its temp dir and they must stay short: /tmp, not a deep checkout.
         self.temp_dir = Path(temp_dir) if temp_dir else Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.serve_port = serve_port or free_port()
@@ -90,6 +89,7 @@ class LocalRay:
         return ServeREST(self.dashboard)
 
     def start(self) -> "LocalRay":
+        self.temp_dir.mkdir(parents=True, exist_ok=True)  # a given one may not exist yet, or `stop` removed it
         _write_haproxy_wrapper(self.temp_dir, self.python)
         # Every port explicit: Ray's fixed defaults would collide with another head on this machine.
         ports = {name: free_port() for name in (

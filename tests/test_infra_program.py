@@ -86,7 +86,8 @@ def test_stack_declares_images_secrets_storage_and_ray_service_on_the_clusters_o
             assert {p["name"]: p["containerPort"] for p in container["ports"]}["serve"] == port
             assert container["resources"]["requests"] == container["resources"]["limits"]
             assert container["lifecycle"]["preStop"]["exec"]["command"][-1] == "ray stop"
-            assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp/ray", "/dev/shm", "/models"}
+            assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp/ray", "/dev/shm", "/models",
+                                                                            "/etc/llm-serving/api-keys"}
         assert spec["serveService"]["spec"]["type"] == "ClusterIP"
         assert spec["rayClusterConfig"]["headGroupSpec"]["serviceType"] == "ClusterIP"
 

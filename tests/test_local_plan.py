@@ -87,3 +87,12 @@ def test_python_m_infra_local_is_an_alias_of_devtools_local(monkeypatch: pytest.
     monkeypatch.setattr(local_mode, "main", lambda argv: seen.append(argv) or 0)
     assert infra_main(["local", "status", "--stack", "cpu"]) == 0
     assert seen == [["status", "--stack", "cpu"]]
+
+
+@pytest.mark.parametrize("stack", ["cpu", "a-much-longer-stack-name-than-the-shipped-ones"])
+def test_the_local_heads_temp_dir_leaves_room_for_haproxys_socket(stack, monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path):
+    monkeypatch.setattr(local, "CACHE", tmp_path / ("deep" * 20))
+    path = local_mode._ray_temp_dir(stack)
+    assert len(str(path)) <= local_mode.MAX_RAY_TEMP_DIR
+    assert path != local_mode._ray_temp_dir("other")
