@@ -33,6 +33,7 @@ Message = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 RECORD = "serving_app.record"  # scope key: this request's RequestRecord
+OPENAI_ROUTE, LEGACY_ROUTE = "openai", "legacy"  # the `route` of lines and of serving_requests
 CLIENT_CLOSED = 499
 
 logger = logging.getLogger("serving_app.access")
@@ -59,9 +60,9 @@ def route_of(scope: Scope) -> Optional[str]:
     if prefix and path.startswith(prefix):  # Serve's scope: path includes the route prefix (root_path)
         path = path[len(prefix):]
     if path in ("/v1/completions", "/v1/chat/completions"):
-        return "openai"
+        return OPENAI_ROUTE
     if path in ("", "/"):
-        return "legacy"
+        return LEGACY_ROUTE
     return None
 
 

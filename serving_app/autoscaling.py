@@ -60,3 +60,10 @@ class AutoscalingConfig(BaseModel):
         options = self.model_dump(exclude_none=True)
         options["target_ongoing_requests"] = self.target_for(max_ongoing_requests)
         return options
+
+
+def replica_range(autoscaling: Optional[AutoscalingConfig], fixed: int) -> tuple[int, int]:
+    """(fewest, most) replicas of a deployment: autoscaling_config's min..max, else its fixed count for both."""
+    if autoscaling is not None:
+        return autoscaling.min_replicas, autoscaling.max_replicas
+    return fixed, fixed

@@ -51,6 +51,13 @@ app.add_middleware(_BarePrefixIsRoot)
 _JSON = "application/json"
 # The chat page (GET <route>/chat): static, read once; it calls this application's own API from the browser.
 _CHAT_PAGE = (Path(__file__).parent / "chat_page" / "index.html").read_bytes()
+
+
+def chat_page() -> Response:
+    """The chat page (serving_app/chat_page/), served by every application at <route>/chat."""
+    return Response(_CHAT_PAGE, media_type="text/html; charset=utf-8")
+
+
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -171,7 +178,7 @@ class LLMServer:
 
     @app.get("/chat")
     async def chat_page(self) -> Response:
-        return Response(_CHAT_PAGE, media_type="text/html; charset=utf-8")
+        return chat_page()
 
     @app.get("/v1/models")
     async def models(self) -> Response:

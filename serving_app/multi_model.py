@@ -20,9 +20,9 @@ from typing import Any, AsyncIterator, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .access_log import CLIENT_CLOSED, AccessLogger, RequestRecord
+from .access_log import CLIENT_CLOSED, LEGACY_ROUTE, OPENAI_ROUTE, AccessLogger, RequestRecord
 from .api import ANSWERED_ERRORS, APIError, OpenAIAPI, as_api_error
-from .autoscaling import AutoscalingConfig
+from .autoscaling import AutoscalingConfig, replica_range
 from .limits import Admission
 from .lora import ModelCatalog
 from .protocol import ModelCard, ModelList
@@ -30,7 +30,7 @@ from .serve_args import ServeArgs, describe_validation_error
 
 COMPLETIONS, CHAT, LEGACY = "completions", "chat", "legacy"
 MEDIA_TYPES = {COMPLETIONS: "text/event-stream", CHAT: "text/event-stream", LEGACY: "application/x-ndjson"}
-ROUTES = {COMPLETIONS: "openai", CHAT: "openai", LEGACY: "legacy"}  # the access log's and serving_requests' route
+ROUTES = {COMPLETIONS: OPENAI_ROUTE, CHAT: OPENAI_ROUTE, LEGACY: LEGACY_ROUTE}  # the access log's route label
 
 
 class RouterOptions(BaseModel):
@@ -51,9 +51,7 @@ class RouterOptions(BaseModel):
     @property
     def replica_range(self) -> tuple[int, int]:
         """(fewest, most) router replicas."""
-        if self.autoscaling_config is not None:
-            return self.autoscaling_config.min_replicas, self.autoscaling_config.max_replicas
-        return self.num_replicas or 1, self.num_replicas or 1
+        return replica_range(self.autoscaling_config, self.num_replicas or 1)
 
 
 class MultiModelArgs(BaseModel):

@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from .access_log import RECORD, AccessLog, AccessLogger
 from .api import ANSWERED_ERRORS, APIError
 from .auth import ENV as API_KEYS_ENV, APIKeys
-from .ingress import _CHAT_PAGE, _answered_error, _BarePrefixIsRoot, _json, _SSE_HEADERS, _whole_answer
+from .ingress import _answered_error, chat_page, _BarePrefixIsRoot, _json, _SSE_HEADERS, _whole_answer
 from .limits import Admission, Guard
 from .metrics import REQUESTS, MetricLabels, Recorder, ray_sink
 from .multi_model import (
@@ -135,7 +135,7 @@ class Router:
 
     @router_app.get("/chat")
     async def chat_page(self) -> Response:
-        return Response(_CHAT_PAGE, media_type="text/html; charset=utf-8")
+        return chat_page()
 
     @router_app.get("/v1/models")
     async def models(self) -> Response:

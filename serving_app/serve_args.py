@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from .autoscaling import AutoscalingConfig
+from .autoscaling import AutoscalingConfig, replica_range
 from .engines.options import EngineOptions
 from .engines.registry import EngineName, default_engine, spec
 from .lora import LORA_ENGINE_KWARGS, LORA_ENGINES, LoRAConfig
@@ -181,10 +181,8 @@ class ServeArgs(BaseModel):
     @property
     def replica_range(self) -> tuple[int, int]:
         """(fewest, most) replicas: autoscaling_config's min..max, else num_replicas for both."""
-        if self.autoscaling_config is not None:
-            return self.autoscaling_config.min_replicas, self.autoscaling_config.max_replicas
-        assert self.num_replicas is not None
-        return self.num_replicas, self.num_replicas
+        assert self.autoscaling_config is not None or self.num_replicas is not None
+        return replica_range(self.autoscaling_config, self.num_replicas or 1)
 
     @property
     def tensor_parallel_size(self) -> int:
