@@ -30,12 +30,13 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import LOGS, loadavg, machine_info, median, package_versions, run_load  # noqa: E402
+from devtools.serve_rest import http_json  # noqa: E402
 from devtools.servers import BareVLLM, OurServe, Server, running  # noqa: E402
 from infra.config import load_stack  # noqa: E402
 from infra.serve_config import serve_config  # noqa: E402
 from serving_app.engines.vllm_engine import engine_arguments  # noqa: E402
 from serving_app.model_shapes import local_config  # noqa: E402
-from serving_app.serve_args import ServeArgs  # noqa: E402
+from serving_app.serve_args import ServeArgs, parse_serve_args  # noqa: E402
 
 SHAPES = Path(__file__).resolve().parent / "gpu_models"
 VOCAB = 32000
@@ -78,7 +79,14 @@ def app_config(shape: str, model: Path, replicas: Optional[int], backend: Option
     if replicas is not None:
         overrides["num_replicas"] = replicas
     overrides.update(settings or {})
-    return serve_config(stack, model_path=str(model), args_overrides=overrides)["applications"][0]
+    entry = serve_config(stack)["applications"][0]
+    # served_model_name keeps the hub id clients already use; the result is re-validated as the stack's args are.
+    changed = {**entry["args"], **overrides, "model_name": str(model)}
+    if "num_replicas" in overrides:  # a fixed count for a benchmark, in place of the stack's autoscaling range
+        changed.pop("autoscaling_config", None)
+    args = parse_serve_args(changed, "gpu_serving overrides").model_dump(mode="json", exclude_none=True,
+                                                                           exclude_defaults=True)
+    return {**entry, "args": args}
 
 
 # ---- our app on Ray ----------------------------------------------------------------------------------------
@@ -102,24 +110,29 @@ def gpu_processes() -> list[dict[str, Any]]:
             for pid, uuid, used in query("compute-apps", "pid,gpu_uuid,used_memory")]
 
 
+def _state(ours: OurServe, resource: str) -> list[dict[str, Any]]:
+    """One of Ray's state lists over the dashboard's REST API: a driver's `ray.init()` here would look for the head
+    on the machine's address, where a loopback head does not listen."""
+    query = "detail=1&limit=10000" + ("&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+                                      if resource == "actors" else "")
+    status, body = http_json("GET", f"{ours.ray.dashboard}/api/v0/{resource}?{query}", timeout=60)
+    if status != 200:
+        raise RuntimeError(f"Ray's state API: {resource}: HTTP {status}: {body}")
+    return body["data"]["result"]["result"]
+
+
 def placement_report(ours: OurServe) -> dict[str, Any]:
     """Where Ray put the replica and vLLM's workers, and what Serve says about replicas that do not fit."""
-    import ray
-    from ray.util.state import list_actors, list_placement_groups
-
-    ray.init(address=ours.ray.address, logging_level="ERROR")
-    # The state API finds its cluster on its own and refuses where several run; name ours.
-    os.environ["RAY_ADDRESS"] = ours.ray.address
-    try:
-        groups = [{"id": g.placement_group_id, "state": g.state, "name": g.name,
-                   "bundles": [b.get("unit_resources", b) for b in (g.bundles or [])]}
-                  for g in list_placement_groups(detail=True)]
-        actors = [{"class": a.class_name, "name": a.name, "pid": a.pid, "placement_group": a.placement_group_id,
-                   "state": a.state, "resources": getattr(a, "required_resources", None)}
-                  for a in list_actors(detail=True, filters=[("state", "=", "ALIVE")])]
-        resources = {"total": ray.cluster_resources(), "available": ray.available_resources()}
-    finally:
-        ray.shutdown()
+    groups = [{"id": g["placement_group_id"], "state": g["state"], "name": g["name"],
+               "bundles": [b.get("unit_resources", b) for b in (g.get("bundles") or [])]}
+              for g in _state(ours, "placement_groups")]
+    actors = [{"class": a["class_name"], "name": a.get("name"), "pid": a.get("pid"),
+               "placement_group": a.get("placement_group_id"), "state": a["state"],
+               "resources": a.get("required_resources")} for a in _state(ours, "actors")]
+    _, cluster = http_json("GET", f"{ours.ray.dashboard}/api/cluster_status", timeout=60)
+    usage = cluster["data"]["clusterStatus"]["loadMetricsReport"]["usage"]  # resource -> [used, total]
+    resources = {"total": {k: total for k, (_, total) in usage.items()},
+                 "available": {k: total - used for k, (used, total) in usage.items()}}
     gpus = gpu_processes()
     workers = [a for a in actors if "Worker" in a["class"] and "Serve" not in a["class"]]
     replicas = [a for a in actors if a["class"].startswith("ServeReplica")]
@@ -249,6 +262,14 @@ def keep_logs(servers: list[Server], archive: Path) -> None:
                 tar.add(server.log, arcname=f"{server.label}/{server.log.name}")
 
 
+def _diagnostic(report: Any, server: Server) -> dict[str, Any]:
+    """A report on the side of the measurement: its failure is recorded, and the benchmark goes on."""
+    try:
+        return report(server)
+    except Exception as error:  # noqa: BLE001 - whatever broke, the numbers matter more
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
 def measure(servers: list[Server], app: dict[str, Any], model: Path, options: argparse.Namespace,
             meta: dict[str, Any], out: Path) -> None:
     for server in servers:  # one at a time: both compile at start
@@ -257,15 +278,16 @@ def measure(servers: list[Server], app: dict[str, Any], model: Path, options: ar
         meta[f"{server.label}_startup_s"] = round(time.time() - started, 1)
         print(f"[gpu] {server.label} up in {meta[f'{server.label}_startup_s']}s at {server.base_url}", flush=True)
         if isinstance(server, OurServe):
-            meta["placement_at_start"] = placement_report(server)
-            print(f"[gpu] placement: {json.dumps(meta['placement_at_start']['checks'])}", flush=True)
+            meta["placement_at_start"] = _diagnostic(placement_report, server)
+            print(f"[gpu] placement: {json.dumps(meta['placement_at_start'].get('checks'))}", flush=True)
     save(out, meta, [])
     runs = bench(servers, app, model, options, meta, out)
     for server in servers:
         if isinstance(server, OurServe):
             # Later than at start: Serve reports a replica that cannot be scheduled after a while.
-            meta["placement_after_bench"] = placement_report(server)
-            print(f"[gpu] serve says: {json.dumps(meta['placement_after_bench']['serve_deployment'])}", flush=True)
+            meta["placement_after_bench"] = _diagnostic(placement_report, server)
+            print(f"[gpu] serve says: {json.dumps(meta['placement_after_bench'].get('serve_deployment'))}",
+                  flush=True)
     save(out, meta, runs)
 
 
