@@ -35,9 +35,35 @@ RECORD_ANSWER = """(() => { window.snapshots = [];
       .observe(document.getElementById('log'), {childList: true, subtree: true, characterData: true}); })()"""
 
 
+# Hands the page the server's answer one event per read, 20 ms apart. A small model on a local head can send every
+# event before the page's first read, which then renders the whole answer in one task; what is tested is that the
+# page renders each event as it comes (the server's streaming has its own tests).
+PACE_EVENTS = """(() => { const original = window.fetch;
+    window.fetch = async (url, options) => {
+      const response = await original(url, options);
+      if (!String(url).endsWith('/v1/chat/completions') || !response.ok) return response;
+      const reader = response.body.getReader(), decoder = new TextDecoder(), encoder = new TextEncoder();
+      let buffer = '';
+      const paced = new ReadableStream({ async pull(controller) {
+        for (;;) {
+          const end = buffer.indexOf('\\n\\n');
+          if (end >= 0) {
+            const event = buffer.slice(0, end + 2); buffer = buffer.slice(end + 2);
+            await new Promise(resolve => setTimeout(resolve, 20));
+            controller.enqueue(encoder.encode(event)); return;
+          }
+          const {value, done} = await reader.read();
+          if (done) { if (buffer) controller.enqueue(encoder.encode(buffer)); controller.close(); return; }
+          buffer += decoder.decode(value, {stream: true});
+        } } });
+      return new Response(paced, {status: response.status, headers: response.headers});
+    }; })()"""
+
+
 async def _ask(page: Browser, question: str) -> list[str]:
     """Type the question, press Enter, and return the answer's text as the page showed it, change by change."""
     await page.evaluate(RECORD_ANSWER)
+    await page.evaluate(PACE_EVENTS)
     await page.type("#question", question)
     await page.press_enter()
     await page.wait_for(ANSWER, timeout=30)
