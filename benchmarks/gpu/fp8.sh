@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue 18 on one H200: Llama-2-70B FP8 (TP=1) and Llama-2-7B bf16 vs FP8, ours and bare `vllm serve` with the same
 # engine settings (benchmarks/gpu_serving.py), dummy weights, 32 in / 256 out, ignore EOS, streaming.
-# On the GPU machine, after benchmarks/gpu/install.sh and the FP8 wheels (compressed-tensors, loguru) in /tmp/site:
-#   bash benchmarks/gpu/fp8.sh OUTDIR [RUN...]        (RUN: names below; default all, in this order)
+# On the GPU machine, with vLLM, Ray and the FP8 wheels (compressed-tensors, loguru) in /tmp/site (pack.sh here, then
+# unpack.sh there; or install.sh), detached from the device call (benchmarks/RESULTS.md, issue 18, has the calls):
+#   [REPS=2] bash benchmarks/gpu/fp8.sh OUTDIR [RUN...]   (RUN: names below; default all, in this order)
 # Each run writes OUTDIR/gpu-<shape>-<label>.json (after every load), its log, and the lines vLLM prints at start
-# about memory (weights, KV cache) to OUTDIR/memory.txt; OUTDIR/progress says which runs ended, with their status.
+# about memory (weights, KV cache) to OUTDIR/memory.txt, its servers' warnings and errors to OUTDIR/LABEL.warnings
+# (small enough to come back when the log archives are not); OUTDIR/progress says which runs ended, with their status.
 set -u
 out=$1; shift
 mkdir -p "$out"
@@ -21,7 +23,7 @@ bench() {  # LABEL SESSION MODE ARGS...
   local label=$1 session=$2 mode=$3; shift 3
   local started=$SECONDS
   python3 -m benchmarks.gpu_serving "$mode" "$@" --label "$label" --session "$session" --out "$out" --keep-logs \
-    > "$out/$label.log" 2>&1
+    --reps "${REPS:-1}" > "$out/$label.log" 2>&1
   local rc=$?
   echo "$label rc=$rc $((SECONDS - started))s" >> "$out/progress"
   # vLLM's start-up report of memory: weights, KV cache bytes and tokens (bare's log or the replica's Ray logs).
@@ -29,6 +31,8 @@ bench() {  # LABEL SESSION MODE ARGS...
     [ -f "$archive" ] || continue
     tar -xzOf "$archive" 2>/dev/null | grep -aE "Model loading took|Available KV cache memory|GPU KV cache size|Maximum concurrency" \
       | sed "s/^/$label: /" | sort -u >> "$out/memory.txt"
+    tar -xzOf "$archive" 2>/dev/null | grep -aE "WARNING|ERROR|Traceback|preempt" | cut -c1-400 | sort | uniq -c \
+      | sort -rn | head -200 > "$out/$label.warnings"
   done
 }
 
