@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Here, after prepare.sh: the wheels (and .gpu/fp8whl, where present) installed for the GPU machine's Python 3.12
-# into one site folder, xz-compressed and cut into 5 chunks of <= 60 MB (.gpu/x/cN/part_0N): 298 MB for vLLM 0.25.1
-# + Ray 2.60.0, against 382 MB of wheels in 7 chunks. There, one device call per chunk (carry .gpu/x/cN):
+# into one site folder, xz-compressed and cut into 5 chunks of <= 60 MB (.gpu/x/c00 .. c04): 298 MB for vLLM 0.25.1
+# + Ray 2.60.0, against 382 MB of wheels in 7 chunks. There, one device call per chunk (carry .gpu/x/c0N):
 #   mkdir -p /tmp/parts && cp .gpu/x/c*/part_* /tmp/parts/
 # and in the call that carries the last one, before anything else: bash benchmarks/gpu/unpack.sh
 set -euo pipefail
