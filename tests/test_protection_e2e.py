@@ -213,16 +213,28 @@ def replica_pid(server) -> int:
 
 
 class InFlight:
-    """Two streamed and two whole long requests, each in its own thread, recording how and when it ended."""
+    """Two streamed long requests running and two whole ones queued behind them (max_ongoing_requests and
+    max_queued_requests being 2), each in its own thread, recording how and when it ended. The streams go first and
+    the whole ones only once both stream: sent together, the whole ones could take the two slots and, on a fast
+    machine, finish before the fault."""
 
     def __init__(self, url: str):
         self.url = url
         self.outcomes: dict[str, tuple[str, float]] = {}
-        self.streaming = threading.Event()
-        self.threads = [threading.Thread(target=self._stream, args=(f"stream{i}",)) for i in range(2)]
-        self.threads += [threading.Thread(target=self._whole, args=(f"whole{i}",)) for i in range(2)]
+        self.started: dict[str, threading.Event] = {f"stream{i}": threading.Event() for i in range(2)}
+        self.threads = [threading.Thread(target=self._stream, args=(name,)) for name in self.started]
         for thread in self.threads:
             thread.start()
+        for name, streaming in self.started.items():
+            assert streaming.wait(60), f"{name} did not start streaming: {self.outcomes}"
+        whole = [threading.Thread(target=self._whole, args=(f"whole{i}",)) for i in range(2)]
+        for thread in whole:
+            thread.start()
+        self.threads += whole
+        deadline = time.monotonic() + 30
+        while httpx.get(url + "/health").json()["queued_requests"] < 2:
+            assert time.monotonic() < deadline and not self.outcomes, f"the whole requests are not queued: {self.outcomes}"
+            time.sleep(0.05)
 
     def _record(self, name: str, work: Callable[[], str]) -> None:
         try:
@@ -241,7 +253,7 @@ class InFlight:
                 for line in response.iter_lines():
                     if line.startswith("data: {"):
                         last = json.loads(line[len("data: "):])
-                        self.streaming.set()
+                        self.started[name].set()
             return f"event: {last['error']['code']}" if last and "error" in last else "finished"
 
         self._record(name, work)
@@ -297,8 +309,6 @@ def test_a_killed_engine_ends_every_request_with_an_error_and_the_replica_is_rep
     cores = engine_cores(replica)
     assert len(cores) == 1, cores
     requests = InFlight(guarded)
-    assert requests.streaming.wait(60)
-    time.sleep(1.5)  # the whole answers are past their first heartbeat: their errors come under the 200
     killed = time.monotonic()
     os.kill(cores[0], signal.SIGKILL)
     requests.join(30)
@@ -317,11 +327,10 @@ def test_a_killed_engine_ends_every_request_with_an_error_and_the_replica_is_rep
 
 
 def test_a_killed_replica_ends_every_request_promptly_and_serve_replaces_it(server, guarded):
+    recover(guarded, time.monotonic())  # a replica that serves, whatever an earlier test left
     replica = replica_pid(server)
     processes = running(descendants([replica]))  # the replica and its vLLM EngineCore
     requests = InFlight(guarded)
-    assert requests.streaming.wait(60)
-    time.sleep(1.5)
     killed = time.monotonic()
     os.kill(replica, signal.SIGKILL)
     requests.join(30)
