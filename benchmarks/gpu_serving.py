@@ -110,15 +110,20 @@ def gpu_processes() -> list[dict[str, Any]]:
             for pid, uuid, used in query("compute-apps", "pid,gpu_uuid,used_memory")]
 
 
+def _dashboard(ours: OurServe, path: str) -> Any:
+    """The `data` of one of the dashboard's REST answers: a driver's `ray.init()` here would look for the head on
+    the machine's address, where a loopback head does not listen."""
+    status, body = http_json("GET", f"{ours.ray.dashboard}{path}", timeout=60)
+    if status != 200:
+        raise RuntimeError(f"Ray's dashboard: {path}: HTTP {status}: {body}")
+    return body["data"]
+
+
 def _state(ours: OurServe, resource: str) -> list[dict[str, Any]]:
-    """One of Ray's state lists over the dashboard's REST API: a driver's `ray.init()` here would look for the head
-    on the machine's address, where a loopback head does not listen."""
+    """One of Ray's state lists (the state API's REST form)."""
     query = "detail=1&limit=10000" + ("&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
                                       if resource == "actors" else "")
-    status, body = http_json("GET", f"{ours.ray.dashboard}/api/v0/{resource}?{query}", timeout=60)
-    if status != 200:
-        raise RuntimeError(f"Ray's state API: {resource}: HTTP {status}: {body}")
-    return body["data"]["result"]["result"]
+    return _dashboard(ours, f"/api/v0/{resource}?{query}")["result"]["result"]
 
 
 def placement_report(ours: OurServe) -> dict[str, Any]:
@@ -129,8 +134,7 @@ def placement_report(ours: OurServe) -> dict[str, Any]:
     actors = [{"class": a["class_name"], "name": a.get("name"), "pid": a.get("pid"),
                "placement_group": a.get("placement_group_id"), "state": a["state"],
                "resources": a.get("required_resources")} for a in _state(ours, "actors")]
-    _, cluster = http_json("GET", f"{ours.ray.dashboard}/api/cluster_status", timeout=60)
-    usage = cluster["data"]["clusterStatus"]["loadMetricsReport"]["usage"]  # resource -> [used, total]
+    usage = _dashboard(ours, "/api/cluster_status")["clusterStatus"]["loadMetricsReport"]["usage"]  # [used, total]
     resources = {"total": {k: total for k, (_, total) in usage.items()},
                  "available": {k: total - used for k, (used, total) in usage.items()}}
     gpus = gpu_processes()

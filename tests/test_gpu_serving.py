@@ -52,7 +52,7 @@ def test_bare_gets_the_engine_flags_our_args_resolve_to(shapes, data_type, expec
     command = gpu_serving.bare_server(app, shapes["7b"]).command
     flags = command[command.index("--disable-log-stats") + 1:]
     pairs = dict(zip(flags[::2], flags[1::2]))
-    assert {k: v for k, v in zip(expected[::2], expected[1::2])}.items() <= pairs.items()
+    assert dict(zip(expected[::2], expected[1::2])).items() <= pairs.items()
     assert pairs["--load-format"] == "dummy"
     if data_type != "fp8":
         assert "--quantization" not in pairs

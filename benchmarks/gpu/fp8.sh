@@ -29,10 +29,13 @@ bench() {  # LABEL SESSION MODE ARGS...
   # vLLM's start-up report of memory: weights, KV cache bytes and tokens (bare's log or the replica's Ray logs).
   for archive in "$out"/logs-*-"$label".tar.gz; do
     [ -f "$archive" ] || continue
-    tar -xzOf "$archive" 2>/dev/null | grep -aE "Model loading took|Available KV cache memory|GPU KV cache size|Maximum concurrency" \
-      | sed "s/^/$label: /" | sort -u >> "$out/memory.txt"
-    tar -xzOf "$archive" 2>/dev/null | grep -aE "WARNING|ERROR|Traceback|preempt" | cut -c1-400 | sort | uniq -c \
-      | sort -rn | head -200 > "$out/$label.warnings"
+    local memory="Model loading took|Available KV cache memory|GPU KV cache size|Maximum concurrency"
+    local trouble="WARNING|ERROR|Traceback|preempt" lines
+    lines=$(mktemp)  # the archive read once, for both reports
+    tar -xzOf "$archive" 2>/dev/null | grep -aE "$memory|$trouble" > "$lines"
+    grep -aE "$memory" "$lines" | sed "s/^/$label: /" | sort -u >> "$out/memory.txt"
+    grep -aE "$trouble" "$lines" | cut -c1-400 | sort | uniq -c | sort -rn | head -200 > "$out/$label.warnings"
+    rm -f "$lines"
   done
 }
 

@@ -5,9 +5,7 @@
 #   mkdir -p /tmp/parts && cp .gpu/x/c*/part_* /tmp/parts/
 # and in the call that carries the last one, before anything else: bash benchmarks/gpu/unpack.sh
 set -euo pipefail
-plat=(--only-binary=:all: --python-version 3.12 --implementation cp)
-for p in manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_26 manylinux_2_24 manylinux_2_17 manylinux2014 \
-         manylinux_2_5 manylinux1; do plat+=(--platform "${p}_x86_64"); done
+source "$(dirname "$0")/platform.sh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 wheels=(.gpu/wheels/*.whl)

@@ -5,9 +5,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 rm -rf .gpu/wheels .gpu/c_* && mkdir -p .gpu/wheels
-plat=(--only-binary=:all: --python-version 3.12 --implementation cp)
-for p in manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_26 manylinux_2_24 manylinux_2_17 manylinux2014 \
-         manylinux_2_5 manylinux1; do plat+=(--platform "${p}_x86_64"); done
+source "$(dirname "$0")/platform.sh"
 python3 -m pip download -q --no-deps "${plat[@]}" -d .gpu/wheels -r "$here/requirements.txt"
 tar -C .gpu -cf - wheels | split -b 57M - .gpu/part_
 for p in .gpu/part_*; do d=.gpu/c_${p##*_}; mkdir -p "$d"; mv "$p" "$d/"; done
