@@ -122,7 +122,8 @@ def _role(pid: int) -> str:
     except OSError:
         return "gone"
     for key, role in (
-        ("ProxyActor", "ray proxy"), ("ServeReplica", "serve replica (API + vLLM frontend)"),
+        ("ProxyActor", "ray proxy"), (":Router", "serve router (several models' ingress)"),
+        ("ServeReplica", "serve replica (API + vLLM frontend)"),
         ("ServeController", "ray serve controller"), ("VLLM::EngineCore", "vllm engine core"),
         ("VLLM::Worker", "vllm worker (model)"), ("openai.api_server", "vllm api server (API + frontend)"),
         ("gcs_server", "ray gcs/raylet/dashboard"), ("raylet", "ray gcs/raylet/dashboard"),

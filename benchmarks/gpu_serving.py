@@ -29,13 +29,15 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import LOGS, loadavg, machine_info, median, package_versions, run_load  # noqa: E402
+from benchmarks.common import LOGS, _role, loadavg, machine_info, median, package_versions, run_load  # noqa: E402
+from benchmarks.pyspy import finish, record  # noqa: E402
 from devtools.serve_rest import http_json  # noqa: E402
 from devtools.servers import BareVLLM, OurServe, Server, running  # noqa: E402
 from infra.config import load_stack  # noqa: E402
-from infra.serve_config import serve_config  # noqa: E402
+from infra.serve_config import MULTI_MODEL_IMPORT_PATH, application, serve_config  # noqa: E402
 from serving_app.engines.vllm_engine import engine_arguments  # noqa: E402
 from serving_app.model_shapes import local_config  # noqa: E402
+from serving_app.multi_model import MultiModelArgs  # noqa: E402
 from serving_app.serve_args import ServeArgs, parse_serve_args  # noqa: E402
 
 SHAPES = Path(__file__).resolve().parent / "gpu_models"
@@ -87,6 +89,24 @@ def app_config(shape: str, model: Path, replicas: Optional[int], backend: Option
     args = parse_serve_args(changed, "gpu_serving overrides").model_dump(mode="json", exclude_none=True,
                                                                            exclude_defaults=True)
     return {**entry, "args": args}
+
+
+def behind_router(app: dict[str, Any]) -> dict[str, Any]:
+    """The same model as the only one behind the router of several models (one hop more: router -> its replica)."""
+    return application(app["name"], app["route_prefix"], {"models": [app["args"]]},
+                       app.get("runtime_env"), import_path=MULTI_MODEL_IMPORT_PATH)
+
+
+def frontend_args(app: dict[str, Any]) -> dict[str, Any]:
+    """The model's own args, in the plain app or behind the router."""
+    return app["args"]["models"][0] if app["import_path"] == MULTI_MODEL_IMPORT_PATH else app["args"]
+
+
+def model_deployment(app: dict[str, Any]) -> str:
+    """The name of the Serve deployment that holds the model's engine."""
+    if app["import_path"] == MULTI_MODEL_IMPORT_PATH:
+        return MultiModelArgs.model_validate(app["args"]).deployment_names()[0]
+    return "LLMServer"
 
 
 # ---- our app on Ray ----------------------------------------------------------------------------------------
@@ -143,13 +163,13 @@ def placement_report(ours: OurServe) -> dict[str, Any]:
     running_groups = [g for g in groups if g["state"] == "CREATED" and any("GPU" in b for b in g["bundles"])]
     pending_groups = [g for g in groups if g["state"] == "PENDING"]
     gpu_of = {p["pid"]: p["gpu"] for p in gpus}
-    application = ours.ray.serve.applications().get(ours.app["name"], {})
-    deployment = application.get("deployments", {}).get("LLMServer", {})
+    serve_app = ours.ray.serve.applications().get(ours.app["name"], {})
+    deployment = serve_app.get("deployments", {}).get(model_deployment(ours.app), {})
     return {
         "serve_deployment": {**{k: deployment.get(k) for k in ("status", "status_trigger", "message",
                                                                 "required_resources")},
                              "replica_states": dict(Counter(r["state"] for r in deployment.get("replicas", [])))},
-        "serve_application_status": application.get("status"),
+        "serve_application_status": serve_app.get("status"),
         "placement_groups": groups, "actors": actors, "gpu_processes": gpus, "ray_resources": resources,
         "checks": {
             "replica_actors": len(replicas),
@@ -170,7 +190,7 @@ def placement_report(ours: OurServe) -> dict[str, Any]:
 
 def bare_server(app: dict[str, Any], model: Path, gpus: Optional[str] = None) -> BareVLLM:
     """`vllm serve` with the engine settings our app's args resolve to (what ServeArgs hands AsyncEngineArgs)."""
-    args = ServeArgs.model_validate(app["args"])
+    args = ServeArgs.model_validate(frontend_args(app))
     extra = []
     for key, value in engine_arguments(args, local_config(str(model))).items():
         # BareVLLM sets these itself; bare vLLM picks its own executor (mp on one node).
@@ -183,12 +203,12 @@ def bare_server(app: dict[str, Any], model: Path, gpus: Optional[str] = None) ->
 
 def bench(servers: list[Server], app: dict[str, Any], model: Path, options: argparse.Namespace,
           meta: dict[str, Any], out: Path) -> list[dict[str, Any]]:
-    served = ServeArgs.model_validate(app["args"]).served_model_name
+    served = ServeArgs.model_validate(frontend_args(app)).served_model_name
     runs: list[dict[str, Any]] = []
     for rep in range(options.reps):
         for concurrency in options.concurrency:
             for server in servers if rep % 2 == 0 else servers[::-1]:
-                prompts = max(options.min_prompts, 2 * concurrency)
+                prompts = max(options.min_prompts, options.waves * concurrency)
                 result = run_load(server, served, model, options.input_len, options.output_len, concurrency,
                                   prompts, seed=rep, warmups=min(concurrency, options.max_warmups))
                 result["rep"] = rep
@@ -198,6 +218,37 @@ def bench(servers: list[Server], app: dict[str, Any], model: Path, options: argp
                       f"ok={result['tokens_ok']}", flush=True)
                 save(out, meta, runs)
     return runs
+
+
+# The processes that turn the engine's outputs into HTTP: where a per-token cost of ours would show.
+FRONTENDS = ("serve replica (API + vLLM frontend)", "serve router (several models' ingress)",
+             "vllm api server (API + frontend)")
+
+
+def profile(servers: list[Server], app: dict[str, Any], model: Path, options: argparse.Namespace,
+            out_dir: Path) -> dict[str, Any]:
+    """One more load at --profile concurrency, outside the measured runs (py-spy costs a little), with each
+    frontend process sampled for --profile-seconds; the raw stacks are kept beside the results."""
+    served = ServeArgs.model_validate(frontend_args(app)).served_model_name
+    concurrency = options.profile
+    profiles: dict[str, Any] = {}
+    for server in servers:
+        targets = [(pid, _role(pid)) for pid in server.pids() if _role(pid) in FRONTENDS]
+        recorders = []
+        for pid, role in targets:
+            raw = out_dir / f"pyspy-{options.shape}-{server.label}-c{concurrency}-{role.split()[1]}-{pid}.txt"
+            recorders.append((pid, role, raw, record(options.py_spy, pid, raw, options.profile_seconds)))
+        load = run_load(server, served, model, options.input_len, options.output_len, concurrency,
+                        max(options.min_prompts, options.waves * concurrency), seed=99,
+                        warmups=min(concurrency, options.max_warmups))
+        profiles[server.label] = {
+            "load": {k: load[k] for k in ("output_throughput", "p50_ttft_ms", "p50_itl_ms", "server_cpu_s_by_role")},
+            "processes": {f"{role} {pid}": finish(recorder, raw, options.profile_seconds + 30)
+                          for pid, role, raw, recorder in recorders},
+        }
+        print(f"[gpu] profile {server.label} c={concurrency}: {json.dumps(profiles[server.label])[:2000]}",
+              flush=True)
+    return profiles
 
 
 def save(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> None:
@@ -223,6 +274,8 @@ def run(options: argparse.Namespace) -> None:
     model = options.model or model_dir(options.shape, Path(options.models))
     settings = {key: json.loads(value) for key, value in (item.split("=", 1) for item in options.set)}
     app = app_config(options.shape, model, options.replicas, options.backend, settings)
+    if options.router:
+        app = behind_router(app)
     gpus = gpu_info()
     card = gpus[0]["name"].replace("NVIDIA ", "").replace(" ", "-") if gpus else "unknown"
     label = options.label or options.mode
@@ -286,6 +339,9 @@ def measure(servers: list[Server], app: dict[str, Any], model: Path, options: ar
             print(f"[gpu] placement: {json.dumps(meta['placement_at_start'].get('checks'))}", flush=True)
     save(out, meta, [])
     runs = bench(servers, app, model, options, meta, out)
+    if options.profile:
+        meta["profiles"] = _diagnostic(lambda _: profile(servers, app, model, options, out.parent), servers[0])
+        save(out, meta, runs)
     for server in servers:
         if isinstance(server, OurServe):
             # Later than at start: Serve reports a replica that cannot be scheduled after a while.
@@ -346,7 +402,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--input-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=256)
-    parser.add_argument("--min-prompts", type=int, default=16, help="prompts per run: max(this, 2 x concurrency)")
+    parser.add_argument("--min-prompts", type=int, default=16, help="prompts per run: max(this, waves x concurrency)")
+    parser.add_argument("--waves", type=int, default=2, help="prompts per run: max(min-prompts, this x concurrency)")
+    parser.add_argument("--router", action="store_true",
+                        help="ours: the model behind the router of several models (serving_app:multi_model_app_builder)")
+    parser.add_argument("--profile", type=int, metavar="CONCURRENCY",
+                        help="after the runs, one more load at this concurrency with py-spy on each frontend process")
+    parser.add_argument("--profile-seconds", type=int, default=15)
+    parser.add_argument("--py-spy", default="py-spy", help="py-spy's executable (for --profile)")
     parser.add_argument("--max-warmups", type=int, default=4)
     parser.add_argument("--keep-logs", action="store_true", help="archive the servers' logs next to the results")
     options = parser.parse_args()

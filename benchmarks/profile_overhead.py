@@ -12,9 +12,7 @@ samples with any serving_app frame is reported too. Writes benchmarks/results/pr
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -23,51 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import LOGS, MAIN_PYTHON, WORK, _role, ensure_model, run_load, save  # noqa: E402
 from benchmarks.overhead import VARIANTS  # noqa: E402
+from benchmarks.pyspy import finish, record  # noqa: E402
 from devtools.servers import OurServe  # noqa: E402
 from infra.serve_config import application  # noqa: E402
-
-OWNERS = [  # (substring of the frame's file, owner); first match wins
-    ("serving_app/", "serving_app (ours)"), ("bigdl/", "bigdl"), ("ray/serve/", "ray serve"), ("ray/", "ray core"),
-    ("vllm/", "vllm"), ("starlette/", "starlette/fastapi/uvicorn"), ("fastapi/", "starlette/fastapi/uvicorn"),
-    ("uvicorn/", "starlette/fastapi/uvicorn"), ("h11/", "starlette/fastapi/uvicorn"),
-    ("httptools", "starlette/fastapi/uvicorn"), ("pydantic", "pydantic"), ("asyncio/", "asyncio/uvloop"),
-    ("uvloop", "asyncio/uvloop"), ("grpc", "grpc"), ("transformers/", "transformers/tokenizers"),
-    ("tokenizers", "transformers/tokenizers"), ("zmq", "zmq"), ("msgspec", "msgspec"), ("pickle", "serialization"),
-    ("json/", "json"), ("logging/", "logging"), ("threading.py", "threading"),
-    ("torch/", "torch"), ("onnxruntime/", "onnxruntime"), ("optimum/", "optimum"),
-]
-
-
-def owner(frame: str) -> str:
-    for key, name in OWNERS:
-        if key in frame:
-            return name
-    return "other"
-
-
-def attribute(raw: Path) -> dict:
-    leaf: collections.Counter = collections.Counter()
-    inclusive_ours = total = 0
-    top_leaf_frames: collections.Counter = collections.Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        total += n
-        leaf[owner(frames[-1])] += n
-        top_leaf_frames[frames[-1]] += n
-        if any("serving_app/" in f for f in frames):
-            inclusive_ours += n
-    return {
-        "samples": total,
-        "leaf_share": {k: round(v / total, 3) for k, v in leaf.most_common()} if total else {},
-        "inclusive_serving_app_share": round(inclusive_ours / total, 3) if total else None,
-        "top_leaf_frames": [(f, round(v / total, 3)) for f, v in top_leaf_frames.most_common(15)] if total else [],
-    }
 
 
 def main() -> None:
@@ -105,13 +61,9 @@ def main() -> None:
         recorders = {}
         for role, pid in targets.items():
             raw = LOGS / f"pyspy-{options.variant}-{role.split()[1]}.txt"
-            recorders[role] = (raw, subprocess.Popen(
-                [options.py_spy, "record", "--pid", str(pid), "--rate", "100", "--duration", str(options.seconds),
-                 "--format", "raw", "--output", str(raw), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
-        for role, (raw, process) in recorders.items():
-            process.wait()
-            result[role] = attribute(raw)
+            recorders[role] = (raw, record(options.py_spy, pid, raw, options.seconds))
+        for role, (raw, recorder) in recorders.items():
+            result[role] = finish(recorder, raw, options.seconds + 30)
         load.join()
     finally:
         server.stop()

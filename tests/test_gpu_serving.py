@@ -62,3 +62,20 @@ def test_the_shape_directory_has_the_32000_word_tokenizer(shapes):
     vocab = json.loads((shapes["7b"] / "tokenizer.json").read_text())["model"]["vocab"]
     assert len(vocab) == gpu_serving.VOCAB
     assert json.loads((shapes["70b"] / "config.json").read_text())["num_hidden_layers"] == 80
+
+
+def test_behind_the_router_the_model_keeps_its_args_and_bare_its_flags(shapes):
+    app = gpu_serving.app_config("7b", shapes["7b"], replicas=1, backend=None,
+                                 settings={"gpu_count": 1, "num_cpus": 8, "data_type": "bfloat16"})
+    routed = gpu_serving.behind_router(app)
+    assert routed["import_path"] == "serving_app:multi_model_app_builder"
+    assert (routed["name"], routed["route_prefix"]) == (app["name"], app["route_prefix"])
+    assert gpu_serving.frontend_args(routed) == app["args"]
+    assert gpu_serving.model_deployment(routed).startswith("Model-0-")
+    assert gpu_serving.model_deployment(app) == "LLMServer"
+    # What Serve would build from it validates as the router's args.
+    from serving_app.multi_model import parse_multi_model_args
+    assert parse_multi_model_args(routed["args"]).models[0].served_model_name == app["args"]["served_model_name"]
+    def flags(server):  # the engine's flags (each server gets its own free port)
+        return server.command[server.command.index("--disable-log-stats"):]
+    assert flags(gpu_serving.bare_server(routed, shapes["7b"])) == flags(gpu_serving.bare_server(app, shapes["7b"]))

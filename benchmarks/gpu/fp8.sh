@@ -3,7 +3,9 @@
 # engine settings (benchmarks/gpu_serving.py), dummy weights, 32 in / 256 out, ignore EOS, streaming.
 # On the GPU machine, with vLLM, Ray and the FP8 wheels (compressed-tensors, loguru) in /tmp/site (pack.sh here, then
 # unpack.sh there; or install.sh), detached from the device call (benchmarks/RESULTS.md, issue 18, has the calls):
-#   [REPS=2] bash benchmarks/gpu/fp8.sh OUTDIR [RUN...]   (RUN: names below; default all, in this order)
+#   [REPS=2] [WAVES=4] [PY_SPY=path] bash benchmarks/gpu/fp8.sh OUTDIR [RUN...]   (RUN: names below; default all)
+# WAVES: prompts per load = WAVES x concurrency (default 2); PY_SPY: after its measured loads, each 7B run profiles
+# its frontend processes during one more load at 256 streams (OUTDIR/pyspy-*.txt).
 # Each run writes OUTDIR/gpu-<shape>-<label>.json (after every load), its log, and the lines vLLM prints at start
 # about memory (weights, KV cache) to OUTDIR/memory.txt, its servers' warnings and errors to OUTDIR/LABEL.warnings
 # (small enough to come back when the log archives are not); OUTDIR/progress says which runs ended, with their status.
@@ -17,7 +19,8 @@ fp8=(--set 'data_type="fp8"')
 bf16=(--set 'data_type="bfloat16"')
 # c=1 of the 70B shape takes 5 s a prompt: 8 prompts there (the others: max(16, 2 x concurrency)).
 big=(--shape 70b --concurrency 256 32 1 --min-prompts 8)
-small=(--shape 7b --concurrency 1 32 256)
+small=(--shape 7b --concurrency 1 32 256 --waves "${WAVES:-2}")
+[ -n "${PY_SPY:-}" ] && small+=(--profile 256 --profile-seconds 12 --py-spy "$PY_SPY")
 
 bench() {  # LABEL SESSION MODE ARGS...
   local label=$1 session=$2 mode=$3; shift 3
@@ -66,6 +69,7 @@ for run in "${runs[@]}"; do
     70b-fp8-ours) bench "$run" "H200 70B fp8" ours "${big[@]}" "${one_gpu[@]}" "${fp8[@]}" ;;
     7b-bf16-bare) bench "$run" "H200 7B bf16" bare "${small[@]}" "${one_gpu[@]}" "${bf16[@]}" ;;
     7b-bf16-ours) bench "$run" "H200 7B bf16" ours "${small[@]}" "${one_gpu[@]}" "${bf16[@]}" ;;
+    7b-bf16-router) bench "$run" "H200 7B bf16" ours --router "${small[@]}" "${one_gpu[@]}" "${bf16[@]}" ;;
     7b-fp8-bare) bench "$run" "H200 7B fp8" bare "${small[@]}" "${one_gpu[@]}" "${fp8[@]}" ;;
     7b-fp8-ours) bench "$run" "H200 7B fp8" ours "${small[@]}" "${one_gpu[@]}" "${fp8[@]}" ;;
     70b-fp8ckpt-*) bench "$run" "H200 70B fp8 checkpoint" "${run##*-}" --shape 70b --concurrency 256 \
