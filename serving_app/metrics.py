@@ -12,7 +12,8 @@ Every series is labelled `model_name`, `engine` (vllm, bigdl, onnxruntime) and `
 by Ray Serve with `application`, `deployment` and `replica`. vLLM's own `engine` label (its engine index, always 0:
 one engine per replica) is replaced by the engine's name. Histograms have one bucket list per meaning, the same for
 every engine (quantiles summed across engines need the same buckets), from a GPU's milliseconds to a CPU's minutes.
-Ray exports a histogram's `_sum` from bucket midpoints, so exact totals come from the counters, not from `_sum`.
+Histograms are counted in the process and exported as the gauges `<name>_bucket{le}`, `_sum` and `_count`
+(serving_app/histograms.py: Ray's own costs a core-worker call per observation, and vLLM observes per token).
 
 Importable without Ray: instruments come from a `Sink`; `ray_sink()` is Ray's, tests pass their own.
 """
@@ -23,7 +24,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Protocol
+
+from .histograms import AggregatedHistogram
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
@@ -119,6 +122,9 @@ class Instrument(Protocol):
     def record(self, value: float, tags: dict[str, str]) -> None:
         """Counter: add `value`; gauge: set it; histogram: observe it."""
 
+    def bind(self, tags: dict[str, str]) -> Callable[[float], None]:
+        """`record` for one fixed label set (what a hot path calls)."""
+
 
 class Sink(Protocol):
     def instrument(self, kind: str, name: str, description: str, tag_keys: tuple[str, ...],
@@ -144,15 +150,18 @@ class Recorder:
 
 
 class GaugeKeeper:
-    """Ray's agent drops a gauge not set for two export intervals, so an idle engine's running=0 would read as no
-    data: this remembers each gauge series' last value and `refresh` sets them again."""
+    """Each gauge series' last value, set in Ray by `refresh` (every half export interval, on its own thread): vLLM
+    sets its gauges every engine step, and each Ray call costs microseconds of the replica's event loop, while Ray
+    exports only the value at its export time. Setting them again also matters: Ray's agent drops a gauge not set
+    for two export intervals, so an idle engine's running=0 would read as no data. `refresh` also flushes the
+    histograms, which are gauges too (serving_app/histograms.py)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Any, float, dict[str, str]]] = {}
+        self.histograms: list[AggregatedHistogram] = []
 
     def set(self, gauge: Any, value: float, tags: dict[str, str]) -> None:
-        gauge.set(value, tags=tags)
         with self._lock:
             self._last[(id(gauge), tuple(sorted(tags.items())))] = (gauge, value, tags)
 
@@ -161,6 +170,8 @@ class GaugeKeeper:
             last = list(self._last.values())
         for gauge, value, tags in last:
             gauge.set(value, tags=tags)
+        for histogram in list(self.histograms):
+            histogram.flush()
 
 
 def export_interval_s() -> float:
@@ -177,10 +188,11 @@ class _RayInstrument:
     def record(self, value: float, tags: dict[str, str]) -> None:
         if self.kind == COUNTER:
             self.metric.inc(value, tags=tags)
-        elif self.kind == GAUGE:
-            self.keeper.set(self.metric, value, tags)
         else:
-            self.metric.observe(value, tags=tags)
+            self.keeper.set(self.metric, value, tags)
+
+    def bind(self, tags: dict[str, str]) -> Callable[[float], None]:
+        return lambda value: self.record(value, tags)
 
 
 class RaySink:
@@ -189,7 +201,7 @@ class RaySink:
     def __init__(self) -> None:
         self.keeper = GaugeKeeper()
         self._refresher: Optional[threading.Thread] = None
-        self._instruments: dict[str, _RayInstrument] = {}
+        self._instruments: dict[str, Instrument] = {}
         self._lock = threading.Lock()
 
     def instrument(self, kind: str, name: str, description: str, tag_keys: tuple[str, ...],
@@ -199,14 +211,18 @@ class RaySink:
         with self._lock:
             if name in self._instruments:  # vLLM re-creates its logger when it is rebuilt; Ray keeps one per name
                 return self._instruments[name]
-            if kind == HISTOGRAM:
-                metric = metrics.Histogram(name, description=description, boundaries=list(buckets),
-                                           tag_keys=tag_keys)
+            instrument: Instrument
+            if kind == HISTOGRAM:  # counted here, exported as gauges (serving_app/histograms.py says why)
+                histogram = AggregatedHistogram(
+                    lambda n, d, keys: metrics.Gauge(n, description=d, tag_keys=keys), name, description, tag_keys,
+                    buckets)
+                self.keeper.histograms.append(histogram)
+                instrument = histogram
             else:
-                metric = (metrics.Counter if kind == COUNTER else metrics.Gauge)(
-                    name, description=description, tag_keys=tag_keys)
-            self._instruments[name] = _RayInstrument(kind, metric, self.keeper)
-            if kind == GAUGE and self._refresher is None:
+                instrument = _RayInstrument(kind, (metrics.Counter if kind == COUNTER else metrics.Gauge)(
+                    name, description=description, tag_keys=tag_keys), self.keeper)
+            self._instruments[name] = instrument
+            if kind != COUNTER and self._refresher is None:
                 self._refresher = threading.Thread(target=self._refresh, name="metrics-gauges", daemon=True)
                 self._refresher.start()
             return self._instruments[name]

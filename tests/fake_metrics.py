@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -55,3 +55,6 @@ class FakeInstrument:
         if created.kind == "counter":
             assert value > 0, f"{self.name}: Ray refuses a counter increment of {value}"
         self.sink.records.append((self.name, value, dict(tags)))
+
+    def bind(self, tags: dict[str, str]) -> Callable[[float], None]:
+        return lambda value: self.record(value, tags)

@@ -63,13 +63,16 @@ class _Gauge:
         self.sets.append((value, tags))
 
 
-def test_gauges_are_set_again_so_ray_does_not_drop_an_idle_engines_zero():
+def test_gauges_reach_ray_on_refresh_with_their_last_values_and_again_while_idle():
     keeper, gauge = metrics.GaugeKeeper(), _Gauge()
     keeper.set(gauge, 2, {"a": "1"})
     keeper.set(gauge, 0, {"a": "1"})
     keeper.set(gauge, 5, {"a": "2"})
+    assert gauge.sets == []  # no Ray call on the engine's step
     keeper.refresh()
-    assert gauge.sets[3:] == [(0, {"a": "1"}), (5, {"a": "2"})]
+    assert gauge.sets == [(0, {"a": "1"}), (5, {"a": "2"})]
+    keeper.refresh()  # nothing new: set again, so Ray does not drop an idle engine's zero
+    assert gauge.sets[2:] == [(0, {"a": "1"}), (5, {"a": "2"})]
 
 
 def test_outside_ray_nothing_is_recorded(monkeypatch):
