@@ -45,6 +45,7 @@ from .protocol import (
     now,
 )
 from .serve_args import ServeArgs, describe_validation_error
+from .sse import SSE_DONE, TextEvents, json_line, sse
 
 logger = logging.getLogger("ray.serve")
 
@@ -96,13 +97,6 @@ def parse_body(model: type[BaseModel], raw: bytes) -> Any:
             param=".".join(str(part) for part in first_loc) or None,
             code="invalid_request",
         ) from None
-
-
-def sse(payload: BaseModel) -> bytes:
-    return b"data: " + payload.model_dump_json().encode() + b"\n\n"
-
-
-SSE_DONE = b"data: [DONE]\n\n"
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -337,11 +331,15 @@ class OpenAIAPI:
         if shape.opening is not None:
             yield sse(shape.chunk.model_construct(**head, choices=[shape.opening]))
         generated = 0
+        # The events in between (new text, no finish reason) from a template: the same bytes, a fraction of the cost.
+        texts = TextEvents(lambda text: shape.chunk.model_construct(**head, choices=[shape.chunk_choice(text, None)]))
         try:
             async with aclosing(self._run(request, deadline, record)) as chunks:  # a consumer that stops reading aborts
                 async for chunk in chunks:
                     generated = chunk.num_generated_tokens
-                    if chunk.text or chunk.finish_reason:
+                    if chunk.text and not chunk.finish_reason:
+                        yield texts.event(chunk.text)
+                    elif chunk.text or chunk.finish_reason:
                         choice = shape.chunk_choice(chunk.text, chunk.finish_reason)
                         yield sse(shape.chunk.model_construct(**head, choices=[choice]))
         except Exception as error:
@@ -375,15 +373,16 @@ class OpenAIAPI:
     async def legacy_stream(self, request: GenerationRequest, deadline: Optional[float] = None,
                             record: Optional[RequestRecord] = None) -> AsyncIterator[bytes]:
         """JSON lines, one per new text; an error after the stream began is a last line with the error body."""
+        lines = TextEvents(lambda text: LegacyStreamChunk.model_construct(text=text), json_line)
         try:
             async with aclosing(self._run(request, deadline, record)) as chunks:
                 async for chunk in chunks:
                     if chunk.text:
-                        yield LegacyStreamChunk.model_construct(text=chunk.text).model_dump_json().encode() + b"\n"
+                        yield lines.event(chunk.text)
         except Exception as error:
             if record is not None:
                 record.fail()
-            yield _stream_error(error, request).model_dump_json().encode() + b"\n"
+            yield json_line(_stream_error(error, request))
 
 
 async def _next_chunk(chunks: AsyncIterator[GenerationChunk], deadline: Optional[float]) -> GenerationChunk:
