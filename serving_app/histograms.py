@@ -65,6 +65,8 @@ class AggregatedHistogram:
             return found[1]
 
     def _observe(self, series: _Series, value: float) -> None:
+        if value != value:  # NaN: it would land in the first bucket and make the sum NaN for good
+            return
         index = bisect_left(self.bounds, value)  # the first bound >= value: Prometheus' `le`
         with self._lock:  # observers may be several threads; the flush reads from its own
             series.counts[index] += 1

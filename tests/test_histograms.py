@@ -93,5 +93,16 @@ def test_a_missing_label_and_bad_bounds_are_refused_by_name():
         histogram(Gauges(), buckets=(0.0, 1.0))
 
 
+def test_a_nan_is_not_counted_and_does_not_poison_the_sum():
+    gauges = Gauges()
+    itl = histogram(gauges)
+    observe = itl.bind({"model_name": "m"})
+    observe(float("nan"))
+    observe(0.5)
+    itl.flush()
+    assert gauges.series("vllm_inter_token_latency_seconds_count", model_name="m") == {None: 1}
+    assert gauges.series("vllm_inter_token_latency_seconds_sum", model_name="m") == {None: 0.5}
+
+
 def test_le_is_written_as_prometheus_clients_write_it():
     assert [le_label(b) for b in (1, 0.005, 30.0, float("inf"))] == ["1.0", "0.005", "30.0", "+Inf"]
