@@ -49,7 +49,8 @@ class AggregatedHistogram:
         self._le = [le_label(b) for b in self.bounds] + ["+Inf"]
         self._bucket = gauge(f"{name}_bucket", f"{description} (cumulative count per bucket)", self.tag_keys + ("le",))
         self._sum = gauge(f"{name}_sum", f"{description} (sum of observations)", self.tag_keys)
-        self._count = gauge(f"{name}_count", f"{description} (number of observations)", self.tag_keys)
+        self._count_name = f"{name}_count"
+        self._count = gauge(self._count_name, f"{description} (number of observations)", self.tag_keys)
         self._series: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], _Series]] = {}
         self._lock = threading.Lock()
 
@@ -58,9 +59,9 @@ class AggregatedHistogram:
         with self._lock:
             found = self._series.get(key)
             if found is None:
-                missing = set(self.tag_keys) - set(tags)
-                if missing:
-                    raise ValueError(f"missing value for tag key(s): {','.join(sorted(missing))}")
+                missing, unknown = set(self.tag_keys) - set(tags), set(tags) - set(self.tag_keys)
+                if missing or unknown:  # refused here: at the flush it would be the metrics thread that fails
+                    raise ValueError(f"tags of {self._count_name}: missing {sorted(missing)}, unknown {sorted(unknown)}")
                 found = self._series[key] = (dict(tags), _Series(len(self.bounds)))
             return found[1]
 

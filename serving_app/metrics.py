@@ -20,6 +20,7 @@ Importable without Ray: instruments come from a `Sink`; `ray_sink()` is Ray's, t
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 
 from .histograms import AggregatedHistogram
 from typing import Any, Callable, Iterable, Optional, Protocol
+
+logger = logging.getLogger(__name__)
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
@@ -231,7 +234,10 @@ class RaySink:
         interval = export_interval_s() / 2
         while True:
             time.sleep(interval)
-            self.keeper.refresh()
+            try:
+                self.keeper.refresh()
+            except Exception:  # one bad series must not stop every metric of the replica
+                logger.exception("setting the metrics in Ray failed; retrying at the next interval")
 
 
 _RAY_SINK: Optional[RaySink] = None
