@@ -201,6 +201,11 @@ def bare_server(app: dict[str, Any], model: Path, gpus: Optional[str] = None) ->
                     extra=extra, env={"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else None)
 
 
+def prompts(options: argparse.Namespace, concurrency: int) -> int:
+    """Prompts per load: --waves of them per stream, at least --min-prompts."""
+    return max(options.min_prompts, options.waves * concurrency)
+
+
 def bench(servers: list[Server], app: dict[str, Any], model: Path, options: argparse.Namespace,
           meta: dict[str, Any], out: Path) -> list[dict[str, Any]]:
     served = ServeArgs.model_validate(frontend_args(app)).served_model_name
@@ -208,9 +213,9 @@ def bench(servers: list[Server], app: dict[str, Any], model: Path, options: argp
     for rep in range(options.reps):
         for concurrency in options.concurrency:
             for server in servers if rep % 2 == 0 else servers[::-1]:
-                prompts = max(options.min_prompts, options.waves * concurrency)
                 result = run_load(server, served, model, options.input_len, options.output_len, concurrency,
-                                  prompts, seed=rep, warmups=min(concurrency, options.max_warmups))
+                                  prompts(options, concurrency), seed=rep,
+                                  warmups=min(concurrency, options.max_warmups))
                 result["rep"] = rep
                 runs.append(result)
                 print(f"[gpu] {options.shape} {server.label} c={concurrency}: {result['output_throughput']:.0f} tok/s "
@@ -233,14 +238,14 @@ def profile(servers: list[Server], app: dict[str, Any], model: Path, options: ar
     concurrency = options.profile
     profiles: dict[str, Any] = {}
     for server in servers:
-        targets = [(pid, _role(pid)) for pid in server.pids() if _role(pid) in FRONTENDS]
         recorders = []
-        for pid, role in targets:
+        for pid, role in ((pid, _role(pid)) for pid in server.pids()):
+            if role not in FRONTENDS:
+                continue
             raw = out_dir / f"pyspy-{options.shape}-{server.label}-c{concurrency}-{role.split()[1]}-{pid}.txt"
             recorders.append((pid, role, raw, record(options.py_spy, pid, raw, options.profile_seconds)))
         load = run_load(server, served, model, options.input_len, options.output_len, concurrency,
-                        max(options.min_prompts, options.waves * concurrency), seed=99,
-                        warmups=min(concurrency, options.max_warmups))
+                        prompts(options, concurrency), seed=99, warmups=min(concurrency, options.max_warmups))
         profiles[server.label] = {
             "load": {k: load[k] for k in ("output_throughput", "p50_ttft_ms", "p50_itl_ms", "server_cpu_s_by_role")},
             "processes": {f"{role} {pid}": finish(recorder, raw, options.profile_seconds + 30)

@@ -3,7 +3,7 @@ with `le`, `<name>_sum`, `<name>_count`), each a Ray gauge holding the running t
 
 Why not Ray's own Histogram: each of its observations is one call into Ray's core worker (tags encoded, the C++
 recorder's lock), 5-8 us. vLLM observes its inter-token latency once per generated token, so at 15k tokens/s that
-was 12-13 % of a replica's one event-loop core (py-spy on an H200, benchmarks/RESULTS.md issue 18), the core that
+was 13-16 % of a replica's one event-loop core (py-spy on an H200, benchmarks/RESULTS.md issue 18), the core that
 caps throughput at high concurrency. Here an observation is a bisect and three additions; Ray is called once per
 bucket per series per flush. The series keep their names and meaning, so dashboards and `histogram_quantile`
 queries read them as before; `_sum` is the exact sum (Ray's histograms export bucket midpoints).
@@ -28,7 +28,7 @@ def le_label(bound: float) -> str:
 
 
 class _Series:
-    """One label set's bucket counts (not cumulative; the last is +Inf), sum and count."""
+    """One label set's bucket counts (not cumulative; the last is +Inf) and sum; the count is their total."""
 
     __slots__ = ("counts", "total")
 
@@ -45,12 +45,12 @@ class AggregatedHistogram:
         self.bounds = tuple(sorted(float(b) for b in buckets))
         if not self.bounds or any(b <= 0 or math.isinf(b) for b in self.bounds):
             raise ValueError(f"{name}: bucket bounds must be positive and finite, got {self.bounds}")
+        self.name = name
         self.tag_keys = tuple(tag_keys)
         self._le = [le_label(b) for b in self.bounds] + ["+Inf"]
         self._bucket = gauge(f"{name}_bucket", f"{description} (cumulative count per bucket)", self.tag_keys + ("le",))
         self._sum = gauge(f"{name}_sum", f"{description} (sum of observations)", self.tag_keys)
-        self._count_name = f"{name}_count"
-        self._count = gauge(self._count_name, f"{description} (number of observations)", self.tag_keys)
+        self._count = gauge(f"{name}_count", f"{description} (number of observations)", self.tag_keys)
         self._series: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], _Series]] = {}
         self._lock = threading.Lock()
 
@@ -61,7 +61,7 @@ class AggregatedHistogram:
             if found is None:
                 missing, unknown = set(self.tag_keys) - set(tags), set(tags) - set(self.tag_keys)
                 if missing or unknown:  # refused here: at the flush it would be the metrics thread that fails
-                    raise ValueError(f"tags of {self._count_name}: missing {sorted(missing)}, unknown {sorted(unknown)}")
+                    raise ValueError(f"tags of {self.name}: missing {sorted(missing)}, unknown {sorted(unknown)}")
                 found = self._series[key] = (dict(tags), _Series(len(self.bounds)))
             return found[1]
 

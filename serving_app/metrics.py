@@ -25,9 +25,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 from .histograms import AggregatedHistogram
-from typing import Any, Callable, Iterable, Optional, Protocol
 
 logger = logging.getLogger(__name__)
 

@@ -89,7 +89,7 @@ def test_a_missing_label_and_bad_bounds_are_refused_by_name():
     itl = histogram(Gauges())
     with pytest.raises(ValueError, match=r"missing \['model_name'\], unknown \['engine'\]"):
         itl.bind({"engine": "vllm"})
-    with pytest.raises(ValueError, match=r"vllm_inter_token_latency_seconds_count: missing \[\], unknown \['le'\]"):
+    with pytest.raises(ValueError, match=r"vllm_inter_token_latency_seconds: missing \[\], unknown \['le'\]"):
         itl.record(0.1, {"model_name": "m", "le": "1"})
     with pytest.raises(ValueError, match="vllm_inter_token_latency_seconds: bucket bounds"):
         histogram(Gauges(), buckets=(0.0, 1.0))
