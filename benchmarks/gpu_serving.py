@@ -91,10 +91,15 @@ def app_config(shape: str, model: Path, replicas: Optional[int], backend: Option
     return {**entry, "args": args}
 
 
-def behind_router(app: dict[str, Any]) -> dict[str, Any]:
-    """The same model as the only one behind the router of several models (one hop more: router -> its replica)."""
-    return application(app["name"], app["route_prefix"], {"models": [app["args"]]},
-                       app.get("runtime_env"), import_path=MULTI_MODEL_IMPORT_PATH)
+def behind_router(app: dict[str, Any], router_replicas: int = 1) -> dict[str, Any]:
+    """The same model as the only one behind the router of several models (one hop more: router -> its replica),
+    the router with `router_replicas` replicas of its own."""
+    args: dict[str, Any] = {"models": [app["args"]]}
+    if router_replicas != 1:
+        args["router"] = {"num_replicas": router_replicas}
+    MultiModelArgs.model_validate(args)
+    return application(app["name"], app["route_prefix"], args, app.get("runtime_env"),
+                       import_path=MULTI_MODEL_IMPORT_PATH)
 
 
 def frontend_args(app: dict[str, Any]) -> dict[str, Any]:
@@ -280,7 +285,7 @@ def run(options: argparse.Namespace) -> None:
     settings = {key: json.loads(value) for key, value in (item.split("=", 1) for item in options.set)}
     app = app_config(options.shape, model, options.replicas, options.backend, settings)
     if options.router:
-        app = behind_router(app)
+        app = behind_router(app, options.router)
     gpus = gpu_info()
     card = gpus[0]["name"].replace("NVIDIA ", "").replace(" ", "-") if gpus else "unknown"
     label = options.label or options.mode
@@ -409,8 +414,9 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--min-prompts", type=int, default=16, help="prompts per run: max(this, waves x concurrency)")
     parser.add_argument("--waves", type=int, default=2, help="prompts per run: max(min-prompts, this x concurrency)")
-    parser.add_argument("--router", action="store_true",
-                        help="ours: the model behind the router of several models (serving_app:multi_model_app_builder)")
+    parser.add_argument("--router", type=int, nargs="?", const=1, metavar="REPLICAS",
+                        help="ours: the model behind the router of several models (serving_app:multi_model_app_builder)"
+                             ", the router with REPLICAS replicas (default 1)")
     parser.add_argument("--profile", type=int, metavar="CONCURRENCY",
                         help="after the runs, one more load at this concurrency with py-spy on each frontend process")
     parser.add_argument("--profile-seconds", type=int, default=15)

@@ -79,3 +79,7 @@ def test_behind_the_router_the_model_keeps_its_args_and_bare_its_flags(shapes):
     def flags(server):  # the engine's flags (each server gets its own free port)
         return server.command[server.command.index("--disable-log-stats"):]
     assert flags(gpu_serving.bare_server(routed, shapes["7b"])) == flags(gpu_serving.bare_server(app, shapes["7b"]))
+    # A router of its own replicas: the same model behind it.
+    two = parse_multi_model_args(gpu_serving.behind_router(app, router_replicas=2)["args"])
+    assert (two.router.replica_range, two.models[0].served_model_name) == ((2, 2), app["args"]["served_model_name"])
+    assert "router" not in routed["args"]
