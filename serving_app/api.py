@@ -33,7 +33,6 @@ from .protocol import (
     CompletionResponseChoice,
     CompletionStreamResponse,
     DeltaMessage,
-    ErrorInfo,
     ErrorResponse,
     LegacyRequest,
     LegacyResponse,
@@ -44,41 +43,12 @@ from .protocol import (
     new_id,
     now,
 )
+from .errors import ANSWERED_ERRORS, APIError, deadline_passed, error_response, prompt_too_long
+from .prompts import longest_token_chars, render_chat
 from .serve_args import ServeArgs, describe_validation_error
 from .sse import SSE_DONE, TextEvents, json_line, sse
 
 logger = logging.getLogger("ray.serve")
-
-
-class APIError(Exception):
-    """An error the client caused (or can act on), answered with an OpenAI-style body."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: Optional[str] = None,
-                 param: Optional[str] = None, headers: Optional[dict[str, str]] = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.code = code
-        self.param = param
-        self.headers = headers or {}  # e.g. Retry-After, WWW-Authenticate
-
-
-# The errors that become an HTTP answer; anything else is a bug and stays a 500.
-ANSWERED_ERRORS = (APIError, EngineDeadError)
-
-
-def as_api_error(error: Union[APIError, EngineDeadError]) -> APIError:
-    if isinstance(error, EngineDeadError):
-        return APIError(503, str(error), type_="server_error", code="engine_dead")
-    return error
-
-
-def error_response(error: Union[APIError, EngineDeadError]) -> tuple[int, ErrorResponse]:
-    """The one place an error becomes a status and an OpenAI error body (its headers: `as_api_error(e).headers`)."""
-    error = as_api_error(error)
-    info = ErrorInfo(message=error.message, type=error.type, param=error.param, code=error.code)
-    return error.status, ErrorResponse(error=info)
 
 
 def parse_body(model: type[BaseModel], raw: bytes) -> Any:
@@ -97,36 +67,6 @@ def parse_body(model: type[BaseModel], raw: bytes) -> Any:
             param=".".join(str(part) for part in first_loc) or None,
             code="invalid_request",
         ) from None
-
-
-def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The model's chat template; BigDL-LLM's transformers (4.31) predates apply_chat_template, so render it."""
-    template = getattr(tokenizer, "chat_template", None)
-    if template and hasattr(tokenizer, "apply_chat_template"):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    template = template or getattr(tokenizer, "init_kwargs", {}).get("chat_template")
-    if not template:
-        raise APIError(400, "this model's tokenizer has no chat template: use /v1/completions", code="no_chat_template")
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    return environment.from_string(template).render(
-        messages=messages,
-        add_generation_prompt=True,
-        bos_token=tokenizer.bos_token or "",
-        eos_token=tokenizer.eos_token or "",
-    )
-
-
-def deadline_passed(where: str) -> APIError:
-    return APIError(504, f"the request's deadline passed while {where}", type_="server_error", code="timeout")
-
-
-def longest_token_chars(tokenizer: Any) -> int:
-    """The most characters one token stands for. A vocabulary entry is never shorter than the text it decodes to
-    (byte-level entries spell each byte with one character, SentencePiece's "▁" is one space), so a prompt of N
-    characters has at least N / this many tokens."""
-    return max(len(token) for token in tokenizer.get_vocab())
 
 
 # Threads that parse, render and tokenize requests; more would only contend for the same cores as the engine.
@@ -190,9 +130,9 @@ class OpenAIAPI:
     def _tokenize(self, prompt: Union[str, list[int]], add_special_tokens: bool) -> list[int]:
         limit = self.engine.max_model_len
         if isinstance(prompt, list) and len(prompt) >= limit:
-            raise _prompt_too_long(limit, f"the prompt has {len(prompt)} tokens")
+            raise prompt_too_long(limit, f"the prompt has {len(prompt)} tokens")
         if isinstance(prompt, str) and len(prompt) > self.max_prompt_chars:
-            raise _prompt_too_long(limit, f"a prompt of {len(prompt)} characters has more (this tokenizer's tokens "
+            raise prompt_too_long(limit, f"a prompt of {len(prompt)} characters has more (this tokenizer's tokens "
                                           f"are at most {self._token_chars} characters long)")
         if isinstance(prompt, list):
             vocab = len(self.engine.tokenizer)
@@ -209,7 +149,7 @@ class OpenAIAPI:
     def _sampling(self, body: Any, prompt_len: int, max_tokens: Optional[int], stop: Optional[list[str]]) -> SamplingOptions:
         limit = self.engine.max_model_len
         if prompt_len >= limit:
-            raise _prompt_too_long(limit, f"the prompt has {prompt_len} tokens")
+            raise prompt_too_long(limit, f"the prompt has {prompt_len} tokens")
         cap = self.args.max_tokens_limit
         if cap is not None and max_tokens is not None and max_tokens > cap:
             raise APIError(400, f"max_tokens is {max_tokens}, but this server generates at most {cap} per request",
@@ -394,11 +334,6 @@ async def _next_chunk(chunks: AsyncIterator[GenerationChunk], deadline: Optional
         if time.monotonic() < deadline:
             raise  # the engine's own
         raise deadline_passed("generating") from None
-
-
-def _prompt_too_long(limit: int, why: str) -> APIError:
-    return APIError(400, f"this model's maximum context length is {limit} tokens, but {why}",
-                    code="context_length_exceeded", param="prompt")
 
 
 def _stream_error(error: Exception, request: GenerationRequest) -> ErrorResponse:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
-from .api import APIError
+from .errors import APIError
 
 ENV = "API_KEYS"
 FILE_ENV = "API_KEYS_FILE"

@@ -18,7 +18,8 @@ from ray import serve
 from ray.serve import Application
 
 from .access_log import RECORD, AccessLog
-from .api import ANSWERED_ERRORS, OpenAIAPI, as_api_error, error_response
+from .api import OpenAIAPI
+from .errors import ANSWERED_ERRORS, as_api_error, error_response
 from .auth import ENV as API_KEYS_ENV, APIKeys
 from .engines.base import EngineDeadError
 from .limits import DEADLINE, Guard

@@ -14,7 +14,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
-from .api import APIError, as_api_error, deadline_passed, error_response
+from .errors import APIError, as_api_error, deadline_passed, error_response
 from .auth import Keys
 
 Scope = dict[str, Any]

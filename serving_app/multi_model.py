@@ -21,7 +21,8 @@ from typing import Any, AsyncIterator, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .access_log import CLIENT_CLOSED, LEGACY_ROUTE, OPENAI_ROUTE, AccessLogger, RequestRecord
-from .api import ANSWERED_ERRORS, APIError, OpenAIAPI, as_api_error
+from .api import OpenAIAPI
+from .errors import ANSWERED_ERRORS, APIError, as_api_error
 from .autoscaling import AutoscalingConfig, replica_range
 from .limits import Admission
 from .lora import ModelCatalog

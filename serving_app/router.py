@@ -18,7 +18,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from .access_log import RECORD, AccessLog, AccessLogger
-from .api import ANSWERED_ERRORS, APIError
+from .errors import ANSWERED_ERRORS, APIError
 from .auth import ENV as API_KEYS_ENV, APIKeys
 from .ingress import _answered_error, chat_page, _BarePrefixIsRoot, _json, _SSE_HEADERS, _whole_answer
 from .limits import Admission, Guard

@@ -10,7 +10,8 @@ from typing import Any, Optional
 import pytest
 
 from serving_app.access_log import RECORD, AccessLog, route_of
-from serving_app.api import OpenAIAPI, error_response
+from serving_app.api import OpenAIAPI
+from serving_app.errors import error_response
 from serving_app.metrics import REQUESTS, MetricLabels, Recorder
 from serving_app.serve_args import ServeArgs
 from tests.fake_engine import TOKENS, FakeEngine

@@ -12,7 +12,9 @@ from typing import Any, AsyncIterator, Optional
 
 import pytest
 
-from serving_app.api import APIError, OpenAIAPI, error_response, longest_token_chars
+from serving_app.api import OpenAIAPI
+from serving_app.errors import APIError, error_response
+from serving_app.prompts import longest_token_chars
 from serving_app.engines.base import EngineDeadError, GenerationChunk, GenerationRequest
 from serving_app.protocol import MAX_STOP_CHARS
 from serving_app.serve_args import ServeArgs

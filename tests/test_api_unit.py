@@ -11,7 +11,8 @@ from typing import Any, AsyncIterator, Callable
 
 import pytest
 
-from serving_app.api import APIError, OpenAIAPI, error_response
+from serving_app.api import OpenAIAPI
+from serving_app.errors import APIError, error_response
 from serving_app.engines.base import EngineDeadError
 from serving_app.serve_args import ServeArgs
 from tests.fake_engine import MAX_MODEL_LEN, TOKENS, FakeEngine, FakeTokenizer

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from serving_app import auth
-from serving_app.api import APIError, as_api_error, error_response
+from serving_app.errors import APIError, as_api_error, error_response
 from serving_app.auth import APIKeys
 from tests.secret_volume import update_secret_file
 

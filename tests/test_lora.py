@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from serving_app.api import APIError, OpenAIAPI
+from serving_app.api import OpenAIAPI
+from serving_app.errors import APIError
 from serving_app.engines.registry import EngineName
 from serving_app.engines.vllm_engine import engine_arguments
 from serving_app.lora import ModelCatalog

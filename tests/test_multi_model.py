@@ -12,7 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 from serving_app.access_log import RECORD, AccessLog, AccessLogger
-from serving_app.api import APIError, OpenAIAPI
+from serving_app.api import OpenAIAPI
+from serving_app.errors import APIError
 from serving_app.limits import Admission
 from serving_app.metrics import REQUESTS, MetricLabels, Recorder
 from serving_app.multi_model import (
