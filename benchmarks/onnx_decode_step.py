@@ -1,13 +1,16 @@
 """Time one ONNX Runtime decode step of a converted model, outside Serve (the "raw decode step" table of issue 3).
 
     .venv-onnx/bin/python benchmarks/onnx_decode_step.py MODEL_DIR [--before OLD_DIR] [--batch 1 8] [--threads 1 2]
-        [--cached 200] [--profile] [--int8-kv]
+        [--cached 200] [--profile] [--int8-kv] [--weight-only FP32_DIR]
 
 MODEL_DIR is a `serving_app.convert` output (attention rewritten, KV cache in place), timed through the engine's own
 `SharedKVCacheModel` binding. --before OLD_DIR times a conversion made before the rewrite (Optimum's graph: past
 fed in, present returned by Concat) the way the old engine ran it. --profile adds ONNX Runtime's kernel time by op
 type; --int8-kv also times the same graph with GroupQueryAttention's int8 cache (static per-tensor scales; speed
-only, the scales are not calibrated). Random token ids and cache contents: only the time matters here.
+only, the scales are not calibrated). --weight-only FP32_DIR also times ONNX Runtime's weight-only 8-bit graph
+(`MatMulNBits`, block 32, int8 compute) made from a float32 conversion of the same model (`python -m
+serving_app.convert onnx --no-quantize`; needs the `onnx_ir` package). Random token ids and cache contents: only
+the time matters here.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def _kernel_ms_by_op(session, runs: int) -> dict[str, float]:
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             totals[event["args"]["op_name"]] += event["dur"]
-    return {op: round(us / (runs + 1) / 1000, 2) for op, us in totals.most_common(6)}
+    return {op: round(us / (runs + 1) / 1000, 2) for op, us in totals.most_common(14)}
 
 
 def time_in_place(path: Path, batch: int, threads: int, cached: int, runs: int, profile: bool) -> dict:
@@ -117,6 +120,18 @@ def int8_cache_variant(path: Path, out: Path) -> Path:
     return out
 
 
+def weight_only_variant(fp32_dir: Path, out: Path) -> Path:
+    """The float32 conversion with every constant-weight MatMul as an 8-bit MatMulNBits (int8 compute)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_dir / "model.onnx")), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="serving_app.convert output (KV cache in place)")
@@ -127,11 +142,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--int8-kv", action="store_true")
+    parser.add_argument("--weight-only", type=Path, metavar="FP32_DIR", help="a float32 conversion of the model")
     options = parser.parse_args()
     file_name = json.loads((options.model / "serving_app_artifact.json").read_text())["file_name"]
     graph = options.model / file_name
     with tempfile.TemporaryDirectory() as scratch:
         int8_graph = int8_cache_variant(graph, Path(scratch) / "int8-kv.onnx") if options.int8_kv else None
+        weight_only = (weight_only_variant(options.weight_only, Path(scratch) / "weight-only.onnx")
+                       if options.weight_only else None)
         for threads in options.threads:
             for batch in options.batch:
                 row = {"threads": threads, "batch": batch, "cached": options.cached, "loadavg": os.getloadavg()[0]}
@@ -145,6 +163,9 @@ def main() -> None:
                 if int8_graph:
                     row["in_place_int8_kv"] = time_in_place(int8_graph, batch, threads, options.cached, options.runs,
                                                             False)
+                if weight_only:
+                    row["in_place_weight_only_int8"] = time_in_place(weight_only, batch, threads, options.cached,
+                                                                     options.runs, False)
                 print(json.dumps(row), flush=True)
 
 
