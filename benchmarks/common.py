@@ -177,7 +177,7 @@ def run_load(server: Server, served_name: str, tokenizer: Path, input_len: int, 
         "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency),
         "--num-warmups", str(concurrency if warmups is None else warmups),
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,95,99",
-        "--seed", str(seed), "--disable-tqdm", *(extra or []),
+        "--seed", str(seed), "--disable-tqdm", "--save-detailed", *(extra or []),
     ]
     args = parser.parse_args(argv)
     pids = server.pids()
@@ -192,6 +192,11 @@ def run_load(server: Server, served_name: str, tokenizer: Path, input_len: int, 
     busy = machine_busy_seconds() - busy_before
     cpu = cpu_by_role(cpu_before, cpu_seconds(pids))
     keep = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+    # Each request's TTFT (and start, where this vLLM reports it): a p50 over waves of requests that arrive
+    # together needs the distribution to be read.
+    keep["ttfts_ms"] = [round(1000 * t, 2) for t in result.get("ttfts", [])]
+    starts = result.get("start_times") or []
+    keep["start_times_s"] = [round(t - min(starts), 4) for t in starts]
     expected = num_prompts * output_len
     keep.update(
         server=server.label, concurrency=concurrency, num_prompts=num_prompts, input_len=input_len,
