@@ -19,7 +19,7 @@ from serving_app.engines.base import EngineDeadError, GenerationChunk, Generatio
 from serving_app.protocol import MAX_STOP_CHARS
 from serving_app.serve_args import ServeArgs
 from tests.fake_engine import MAX_MODEL_LEN, FakeEngine, FakeTokenizer
-from tests.test_api_unit import events, make_api, raw
+from tests.api_helpers import events, make_api, raw
 
 COMPLETION = {"prompt": "hi", "max_tokens": 20, "ignore_eos": True}
 

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from serving_app.engines.batching.metrics import BatchMetrics  # noqa: E402
 from serving_app.metrics import MetricLabels  # noqa: E402
 from tests.fake_metrics import FakeSink  # noqa: E402
-from tests.test_batching import collect, request, run, scripted  # noqa: E402
+from tests.batching_helpers import collect, request, run, scripted  # noqa: E402
 
 LABELS = MetricLabels(model_name="tiny", engine="bigdl", hardware="INTEL")
 MAX_LEN = 2048

@@ -20,7 +20,7 @@ from infra.program import main
 from infra.render import render
 from tests.dashboards import GPU_ROW, panels
 from tests.infra_helpers import STACKS, SECRETS, config_error, problems_of, with_values
-from tests.test_infra_render import K8S_VERSION, _strict, documents
+from tests.manifests import K8S_VERSION, documents, strict_schema
 
 CRD = REPO_ROOT / "tests" / "fixtures" / "prometheus-operator-crds" / "v0.93.0" / "monitoring.coreos.com_podmonitors.yaml"
 ON = {"scrape": "podMonitor", "dashboards": True, "grafanaHost": "http://grafana.monitoring.svc:80",
@@ -49,7 +49,7 @@ def pod_monitor_schema() -> jsonschema.Validator:
     crd = yaml.safe_load(CRD.read_text())
     assert crd["metadata"]["name"] == POD_MONITOR_CRD
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
+    return jsonschema.Draft7Validator(strict_schema(version["schema"]["openAPIV3Schema"]))
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -20,7 +20,7 @@ from infra.render import REDACTED, render
 from tests.infra_helpers import (
     FAKE_API_KEYS, SECRET, SECRETS, STACKS, parse_document, pulumi_config, stack_document, with_values,
 )
-from tests.test_infra_render import K8S_VERSION, documents, rayservice_schema  # noqa: F401 (a fixture)
+from tests.manifests import K8S_VERSION, documents, rayservice_validator
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 
@@ -62,7 +62,7 @@ def rendered(request, tmp_path_factory) -> tuple[str, list[Path]]:
     return request.param, render(request.param, tmp_path_factory.mktemp(f"render-{request.param}"))
 
 
-def test_api_keys_reach_every_ray_container_from_a_secret_never_in_plaintext(rendered, rayservice_schema):  # noqa: F811
+def test_api_keys_reach_every_ray_container_from_a_secret_never_in_plaintext(rendered):
     stack, paths = rendered
     docs = documents(paths)
     text = "\n".join(p.read_text() for p in paths)
@@ -72,7 +72,7 @@ def test_api_keys_reach_every_ray_container_from_a_secret_never_in_plaintext(ren
     assert secret["stringData"] == {"API_KEYS": REDACTED} and secret["type"] == "Opaque"
     kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
     (service,) = [d for d in docs if d["kind"] == "RayService"]
-    rayservice_schema.validate(service)
+    rayservice_validator().validate(service)
     cluster = service["spec"]["rayClusterConfig"]
     for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
         pod = group["template"]["spec"]

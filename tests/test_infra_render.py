@@ -18,46 +18,10 @@ from infra.config import REPO_ROOT, load_stack
 from infra.render import REDACTED, render
 from infra.rollout import with_config_marker
 from infra.serve_config import serve_config
-from tests.infra_helpers import CRD_DIR, STACKS, with_values
+from tests.infra_helpers import STACKS, with_values
+from tests.manifests import K8S_VERSION, documents, rayservice_validator
 
 BUILT_IN_GROUPS = ("v1", "apps/v1", "rbac.authorization.k8s.io/v1")
-K8S_VERSION = "1.33.0"
-
-
-def _strict(schema: dict) -> dict:
-    """Reject unknown fields (as `kubectl apply --validate=strict` does); the API server would drop them silently."""
-    schema = copy.deepcopy(schema)
-
-    def walk(node: dict) -> None:
-        if not isinstance(node, dict):
-            return
-        if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node \
-                and not node.get("x-kubernetes-preserve-unknown-fields"):
-            node["additionalProperties"] = False
-        for key in ("properties", "patternProperties"):
-            for child in (node.get(key) or {}).values():
-                walk(child)
-        for key in ("items", "additionalProperties"):
-            if isinstance(node.get(key), dict):
-                walk(node[key])
-        for key in ("allOf", "anyOf", "oneOf"):
-            for child in node.get(key) or []:
-                walk(child)
-
-    walk(schema)
-    return schema
-
-
-@pytest.fixture(scope="module")
-def rayservice_schema() -> jsonschema.Validator:
-    path = CRD_DIR / "ray.io_rayservices.yaml"
-    if not path.is_file():
-        pytest.fail(f"no RayService CRD for the operator version the stacks install: expected {path} "
-                    f"(tests/fixtures/kuberay-crds/README.md)")
-    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1 MB of YAML
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    # One validator for all documents: checking the 1 MB schema itself on every call is what costs time.
-    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
 
 
 @pytest.fixture(scope="module", params=STACKS)
@@ -66,33 +30,24 @@ def rendered(request, tmp_path_factory) -> tuple[str, list[Path]]:
     return request.param, render(request.param, out)
 
 
-def documents(paths: list[Path]) -> list[dict]:
-    loaded = []
-    for path in paths:
-        docs = list(yaml.safe_load_all(path.read_text()))
-        assert len(docs) == 1, f"{path.name}: one document per file"
-        loaded.append(docs[0])
-    return loaded
-
-
-def test_rayservice_validates_against_kuberay_crd(rendered, rayservice_schema):
+def test_rayservice_validates_against_kuberay_crd(rendered):
     stack, paths = rendered
     (service,) = [d for d in documents(paths) if d["kind"] == "RayService"]
-    rayservice_schema.validate(service)
+    rayservice_validator().validate(service)
     assert yaml.safe_load(service["spec"]["serveConfigV2"]) == with_config_marker(serve_config(load_stack(stack)))[0]
 
 
-def test_schema_check_catches_unknown_and_mistyped_fields(rendered, rayservice_schema):
+def test_schema_check_catches_unknown_and_mistyped_fields(rendered):
     _, paths = rendered
     (service,) = [d for d in documents(paths) if d["kind"] == "RayService"]
     bad = copy.deepcopy(service)
     bad["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParam"] = {}
     with pytest.raises(jsonschema.ValidationError, match="rayStartParam"):
-        rayservice_schema.validate(bad)
+        rayservice_validator().validate(bad)
     bad = copy.deepcopy(service)
     bad["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] = "1"
     with pytest.raises(jsonschema.ValidationError):
-        rayservice_schema.validate(bad)
+        rayservice_validator().validate(bad)
 
 
 def test_built_in_kinds_validate(rendered):
