@@ -1,9 +1,10 @@
 """The HTTP API's logic, free of Ray: request bodies in, response bodies or byte streams out.
 
 Every request is validated and tokenized here, so a bad request is answered with a 4xx before it reaches an
-engine, the same way for every engine. Parsing, chat templates and tokenizing run in a small thread pool
-(`prepare`), off the event loop that streams every other client's tokens; a prompt with more characters than the
-context could hold is refused before it is tokenized. An engine error that leaves the engine dead is answered as
+engine, the same way for every engine. A large body is parsed, rendered and tokenized in a small thread pool
+(`prepare`), off the event loop that streams every other client's tokens; a small one on the loop, where it
+takes less time than the hop to a thread would. A prompt with more characters than the context could hold is
+refused before it is tokenized. An engine error that leaves the engine dead is answered as
 a 503, and one that comes mid-stream as a last error event, so no client is left with a cut-off stream.
 """
 
@@ -69,8 +70,11 @@ def parse_body(model: type[BaseModel], raw: bytes) -> Any:
         ) from None
 
 
-# Threads that parse, render and tokenize requests; more would only contend for the same cores as the engine.
+# Threads that parse, render and tokenize large requests; more would only contend for the same cores as the engine.
 PREPARE_THREADS = 2
+# Bodies up to this size are prepared on the event loop: ~0.1-1 ms of work, where the hop to a thread and back
+# costs 1.5-3 ms once the loop is busy (benchmarks/prepare_hop.py), and a burst of requests waits it in turn.
+INLINE_PREPARE_BYTES = 4096
 
 OpenAIRequest = Union[CompletionRequest, ChatCompletionRequest]
 Prepared = TypeVar("Prepared")
@@ -111,7 +115,10 @@ class OpenAIAPI:
         self._pool = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="prepare")
 
     async def prepare(self, parse: Callable[[bytes], Prepared], raw: bytes) -> Prepared:
-        """`parse(raw)` (one of completion_request, chat_request, legacy_requests) in the thread pool."""
+        """`parse(raw)` (one of completion_request, chat_request, legacy_requests): a body over
+        INLINE_PREPARE_BYTES in the thread pool, a smaller one right here."""
+        if len(raw) <= INLINE_PREPARE_BYTES:
+            return parse(raw)
         return await asyncio.get_running_loop().run_in_executor(self._pool, parse, raw)
 
     # ---- shared steps ------------------------------------------------------------------------------------

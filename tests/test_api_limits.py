@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Optional
 
 import pytest
 
-from serving_app.api import OpenAIAPI
+from serving_app.api import INLINE_PREPARE_BYTES, OpenAIAPI
 from serving_app.errors import APIError, error_response
 from serving_app.prompts import longest_token_chars
 from serving_app.engines.base import EngineDeadError, GenerationChunk, GenerationRequest
@@ -22,6 +22,10 @@ from tests.fake_engine import MAX_MODEL_LEN, FakeEngine, FakeTokenizer
 from tests.api_helpers import events, make_api, raw
 
 COMPLETION = {"prompt": "hi", "max_tokens": 20, "ignore_eos": True}
+
+
+# A short prompt in a body over INLINE_PREPARE_BYTES (trailing whitespace), so it is prepared in the pool.
+LARGE_BODY = raw({"prompt": "hi"}).ljust(INLINE_PREPARE_BYTES + 1)
 
 
 class LongTokens(FakeTokenizer):
@@ -103,7 +107,7 @@ def test_a_stop_sequence_at_the_cap_is_accepted():
     assert request.sampling.stop == ("x" * MAX_STOP_CHARS,)
 
 
-def test_tokenizing_runs_off_the_event_loop():
+def test_a_large_body_is_tokenized_off_the_event_loop():
     """Encode blocks until a task on the event loop releases it: that can only happen if the loop keeps running
     while the prompt is tokenized (on the loop, encode would wait out its timeout with the loop stopped)."""
     release = threading.Event()
@@ -117,17 +121,35 @@ def test_tokenizing_runs_off_the_event_loop():
             release.set()
 
         releaser = asyncio.ensure_future(release_from_the_loop())
-        await api.prepare(api.completion_request, raw({"prompt": "hi"}))
+        await api.prepare(api.completion_request, LARGE_BODY)
         await releaser
 
     asyncio.run(run())
     assert tokenizer.released_while_encoding
 
 
-def test_a_bad_request_prepared_off_the_loop_raises_its_400():
+def test_a_small_body_is_prepared_on_the_loop_and_a_large_one_in_the_pool():
+    threads = []
+
+    def parse(body: bytes) -> int:
+        threads.append(threading.current_thread())
+        return len(body)
+
+    async def prepare(body: bytes) -> int:
+        return await make_api().prepare(parse, body)
+
+    small = raw({"prompt": "hi"}).ljust(INLINE_PREPARE_BYTES)  # JSON may end in whitespace
+    assert asyncio.run(prepare(small)) == INLINE_PREPARE_BYTES
+    assert asyncio.run(prepare(LARGE_BODY)) == len(LARGE_BODY)
+    assert threads[0] is threading.main_thread() and threads[1] is not threading.main_thread()
+
+
+@pytest.mark.parametrize("body", [raw({"prompt": ""}), raw({"prompt": ""}).ljust(INLINE_PREPARE_BYTES + 1)],
+                         ids=["on the loop", "in the pool"])
+def test_a_bad_request_prepared_either_way_raises_its_400(body):
     api = make_api()
     with pytest.raises(APIError) as error:
-        asyncio.run(api.prepare(api.completion_request, raw({"prompt": ""})))
+        asyncio.run(api.prepare(api.completion_request, body))
     assert error.value.status == 400
 
 
