@@ -28,6 +28,7 @@ from .limits import Admission
 from .lora import ModelCatalog
 from .protocol import ModelCard, ModelList
 from .serve_args import ServeArgs, describe_validation_error
+from .sse import SSE_DONE
 
 COMPLETIONS, CHAT, LEGACY = "completions", "chat", "legacy"
 MEDIA_TYPES = {COMPLETIONS: "text/event-stream", CHAT: "text/event-stream", LEGACY: "application/x-ndjson"}
@@ -188,6 +189,10 @@ async def forwarded_answer(api: OpenAIAPI, admission: Admission, endpoint: str, 
     if record is not None and record.include_text:
         record.body += raw
     finished = False
+    # Whether the client has the whole answer once the last item yielded is delivered: an OpenAI stream's [DONE],
+    # or a legacy stream's piece once the generation finished (it has no closing line). The router may stop
+    # reading right after it (its client closes on [DONE]), before this generator gets to finish on its own.
+    answered = False
 
     def finish(status: int) -> None:
         nonlocal finished
@@ -201,11 +206,13 @@ async def forwarded_answer(api: OpenAIAPI, admission: Admission, endpoint: str, 
                 finish(item.status if isinstance(item, Refusal) else 200)
                 yield item
                 return
+            answered = item == SSE_DONE if endpoint != LEGACY else (
+                record is not None and record.finish_reason is not None and not record.failed)
             yield item
         finish(200)
     finally:
         if not finished:
-            finish(CLIENT_CLOSED)
+            finish(200 if answered else CLIENT_CLOSED)
 
 
 async def _answer(api: OpenAIAPI, admission: Admission, endpoint: str, raw: bytes, deadline_unix: Optional[float],

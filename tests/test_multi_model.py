@@ -20,6 +20,7 @@ from serving_app.multi_model import (
     CHAT, COMPLETIONS, LEGACY, MultiModelArgs, Refusal, Routes, expect_answer, forwarded_answer,
     parse_multi_model_args, peek, router_deployment_options,
 )
+from serving_app.sse import SSE_DONE
 from serving_app.serve_args import ServeArgs
 from tests.fake_engine import FakeEngine
 from tests.fake_metrics import FakeSink
@@ -200,6 +201,22 @@ def test_a_routed_stream_is_logged_when_it_ends_or_when_the_router_stops_reading
     assert (access_lines[-1]["status"], access_lines[-1]["finish_reason"], access_lines[-1]["disconnected"]) == (499, "abort", True)
     assert sink.of("serving_requests", status="499", finished_reason="abort") == [1]
     assert len(access_lines) == 2 and api.engine.aborted  # logged once each; the generation was stopped
+
+
+@pytest.mark.parametrize("endpoint", [COMPLETIONS, LEGACY])
+def test_a_routed_stream_the_router_stops_reading_after_its_last_piece_is_logged_answered(access_lines, endpoint):
+    """The router's client closes on [DONE]: the router may stop reading before the replica's stream ends itself."""
+    body = {"prompt": "hi", "stream": True}
+    pieces, _ = logged(*replica(), endpoint, body)
+    api, admission = replica()
+    again, sink = logged(api, admission, endpoint, body, read=len(pieces))
+    assert len(again) == len(pieces) > 1 and (pieces[-1] == SSE_DONE) == (endpoint == COMPLETIONS)
+    whole, stopped = access_lines
+    assert (stopped["status"], stopped["finish_reason"]) == (whole["status"], whole["finish_reason"]) == (200, "length")
+    assert sink.of("serving_requests", status="200", finished_reason="length") == [1] and not api.engine.aborted
+    # Stopped one piece earlier, it is still the client leaving.
+    logged(*replica(), endpoint, body, read=len(pieces) - 1)
+    assert (access_lines[-1]["status"], access_lines[-1]["finish_reason"]) == (499, "abort")
 
 
 def test_a_routed_refusal_is_logged_with_its_status(access_lines):
