@@ -196,7 +196,8 @@ def run_load(server: Server, served_name: str, tokenizer: Path, input_len: int, 
     # together needs the distribution to be read.
     keep["ttfts_ms"] = [round(1000 * t, 2) for t in result.get("ttfts", [])]
     starts = result.get("start_times") or []
-    keep["start_times_s"] = [round(t - min(starts), 4) for t in starts]
+    first = min(starts, default=0.0)
+    keep["start_times_s"] = [round(t - first, 4) for t in starts]
     expected = num_prompts * output_len
     keep.update(
         server=server.label, concurrency=concurrency, num_prompts=num_prompts, input_len=input_len,

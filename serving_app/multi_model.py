@@ -190,8 +190,8 @@ async def forwarded_answer(api: OpenAIAPI, admission: Admission, endpoint: str, 
         record.body += raw
     finished = False
     # Whether the client has the whole answer once the last item yielded is delivered: an OpenAI stream's [DONE],
-    # or a legacy stream's piece once the generation finished (it has no closing line). The router may stop
-    # reading right after it (its client closes on [DONE]), before this generator gets to finish on its own.
+    # or a legacy stream's piece once the generation finished or failed (it has no closing line). The router may
+    # stop reading right after it (its client closes on [DONE]), before this generator gets to finish on its own.
     answered = False
 
     def finish(status: int) -> None:
@@ -207,7 +207,7 @@ async def forwarded_answer(api: OpenAIAPI, admission: Admission, endpoint: str, 
                 yield item
                 return
             answered = item == SSE_DONE if endpoint != LEGACY else (
-                record is not None and record.finish_reason is not None and not record.failed)
+                record is not None and (record.finish_reason is not None or record.failed))
             yield item
         finish(200)
     finally:
