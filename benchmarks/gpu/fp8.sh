@@ -11,14 +11,16 @@
 # (small enough to come back when the log archives are not); OUTDIR/progress says which runs ended, with their status.
 set -u
 out=$1; shift
-mkdir -p "$out"
+# A lent machine can keep /tmp from an earlier session: its results must not come back as this run's.
+rm -rf "$out" && mkdir -p "$out"
 export PYTHONPATH=/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 # The machine has 16 cores: the stack's num_cpus 20 would never be scheduled; one replica, one GPU.
 one_gpu=(--replicas 1 --set gpu_count=1 --set num_cpus=8)
 fp8=(--set 'data_type="fp8"')
 bf16=(--set 'data_type="bfloat16"')
 # c=1 of the 70B shape takes 5 s a prompt: 8 prompts there (the others: max(16, 2 x concurrency)).
-big=(--shape 70b --concurrency 256 32 1 --min-prompts 8)
+# BIG_CONCURRENCY: the 70B loads to run (a session short of device time re-measures one cell).
+big=(--shape 70b --concurrency ${BIG_CONCURRENCY:-256 32 1} --min-prompts 8)
 small=(--shape 7b --concurrency 1 32 256 --waves "${WAVES:-2}")
 [ -n "${PY_SPY:-}" ] && small+=(--profile 256 --profile-seconds 12 --py-spy "$PY_SPY")
 
