@@ -1,7 +1,7 @@
 """Time one ONNX Runtime decode step of a converted model, outside Serve (the "raw decode step" table of issue 3).
 
     .venv-onnx/bin/python benchmarks/onnx_decode_step.py MODEL_DIR [--before OLD_DIR] [--batch 1 8] [--threads 1 2]
-        [--cached 200] [--profile] [--int8-kv] [--weight-only FP32_DIR]
+        [--cached 200] [--profile] [--int8-kv] [--weight-only FP32_DIR] [--against OTHER_DIR [--rounds 30]]
 
 MODEL_DIR is a `serving_app.convert` output (attention rewritten, KV cache in place), timed through the engine's own
 `SharedKVCacheModel` binding. --before OLD_DIR times a conversion made before the rewrite (Optimum's graph: past
@@ -9,8 +9,9 @@ fed in, present returned by Concat) the way the old engine ran it. --profile add
 type; --int8-kv also times the same graph with GroupQueryAttention's int8 cache (static per-tensor scales; speed
 only, the scales are not calibrated). --weight-only FP32_DIR also times ONNX Runtime's weight-only 8-bit graph
 (`MatMulNBits`, block 32, int8 compute) made from a float32 conversion of the same model (`python -m
-serving_app.convert onnx --no-quantize`; needs the `onnx_ir` package). Random token ids and cache contents: only
-the time matters here.
+serving_app.convert onnx --no-quantize`; needs the `onnx_ir` package). --against OTHER_DIR times another in-place
+conversion (one by an earlier commit, say) alternately with MODEL_DIR in one process and gives their median ratio.
+Random token ids and cache contents: only the time matters here.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def _kernel_ms_by_op(session, runs: int) -> dict[str, float]:
     return {op: round(us / (runs + 1) / 1000, 2) for op, us in totals.most_common(14)}
 
 
-def time_in_place(path: Path, batch: int, threads: int, cached: int, runs: int, profile: bool) -> dict:
-    """A decode step through the engine's binding, every row holding `cached` tokens."""
+def in_place_step(path: Path, batch: int, threads: int, cached: int, runs: int, profile: bool = False):
+    """(session, step): one decode step through the engine's binding, every row holding `cached` tokens."""
     from serving_app.engines.onnxruntime.kv_cache import SharedKVCacheModel
 
     session = _session(path, threads, profile)
@@ -78,10 +79,26 @@ def time_in_place(path: Path, batch: int, threads: int, cached: int, runs: int, 
         model.decode(tokens)
         model.lengths = [cached] * batch  # every step at the same cache length
 
+    return session, step
+
+
+def time_in_place(path: Path, batch: int, threads: int, cached: int, runs: int, profile: bool) -> dict:
+    session, step = in_place_step(path, batch, threads, cached, runs, profile)
     result = {"ms": round(_median_ms(step, runs), 2)}
     if profile:
         result["kernel_ms_by_op"] = _kernel_ms_by_op(session, runs)
     return result
+
+
+def time_side_by_side(path: Path, other: Path, batch: int, threads: int, cached: int, rounds: int) -> dict:
+    """Both conversions' steps in one process, alternating rounds of 10 (the VM's drift shared by both)."""
+    steps = [in_place_step(graph, batch, threads, cached, 10)[1] for graph in (path, other)]
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for step, kept in zip(steps, times):
+            kept.append(_median_ms(step, 10))
+    return {"ms": round(statistics.median(times[0]), 2), "against_ms": round(statistics.median(times[1]), 2),
+            "ratio_to_against": round(statistics.median(a / b for a, b in zip(*times)), 3), "rounds": rounds}
 
 
 def time_concat(path: Path, batch: int, threads: int, cached: int, runs: int) -> dict:
@@ -143,6 +160,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--int8-kv", action="store_true")
     parser.add_argument("--weight-only", type=Path, metavar="FP32_DIR", help="a float32 conversion of the model")
+    parser.add_argument("--against", type=Path, metavar="OTHER_DIR",
+                        help="another in-place conversion (e.g. by an earlier commit), timed alternately with MODEL_DIR")
+    parser.add_argument("--rounds", type=int, default=30, help="--against: alternating rounds of 10 steps")
     options = parser.parse_args()
     file_name = json.loads((options.model / "serving_app_artifact.json").read_text())["file_name"]
     graph = options.model / file_name
@@ -160,6 +180,11 @@ def main() -> None:
                 if options.profile:  # a separate session: profiling slows the step it measures
                     row["in_place_kernel_ms_by_op"] = time_in_place(graph, batch, threads, options.cached,
                                                                     options.runs, True)["kernel_ms_by_op"]
+                if options.against:
+                    other = options.against / json.loads((options.against / "serving_app_artifact.json").read_text(
+                    ))["file_name"]
+                    row["side_by_side"] = time_side_by_side(graph, other, batch, threads, options.cached,
+                                                            options.rounds)
                 if int8_graph:
                     row["in_place_int8_kv"] = time_in_place(int8_graph, batch, threads, options.cached, options.runs,
                                                             False)

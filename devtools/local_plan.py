@@ -17,6 +17,7 @@ from infra.config import REPO_ROOT, load_stack
 from infra.serve_config import MULTI_MODEL_IMPORT_PATH, application, build_serve_config, serve_config
 from infra.stack_sections import MODELS_MOUNT
 from serving_app import artifacts
+from serving_app.engines.onnxruntime.model_dir import is_current_conversion
 from serving_app.engines.registry import spec
 from serving_app.multi_model import MultiModelArgs
 from serving_app.serve_args import EngineName, ServeArgs, TargetDevice
@@ -86,9 +87,9 @@ def onnx_model(source: Path, quantize: bool) -> Path:
         target = default_model.onnx_int8_dir()
     else:
         target = CACHE / "models" / f"{source.name}-converted-{'int8' if quantize else 'fp32'}"
-    if not (target / "model.onnx").exists():
+    if not is_current_conversion(target):
         print(f"[local] converting {source} to ONNX{' int8' if quantize else ''} into {target} (once)")
-        command = ["-m", "serving_app.convert", "--model", str(source), "--out", str(target)]
+        command = ["-m", "serving_app.convert", "--model", str(source), "--out", str(target), "--force"]
         if not quantize:
             command.append("--no-quantize")
         _run_in(EngineName.ONNXRUNTIME, *command)

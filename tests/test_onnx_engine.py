@@ -79,7 +79,12 @@ def test_conversion_writes_a_sealed_int8_model_with_config_and_tokenizer(convert
             node = producers[f"present.{layer}.key"]
             assert node.op_type == "GroupQueryAttention" and node is producers[f"present.{layer}.value"]
             assert list(node.input[3:5]) == [f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"]
-        assert record["kv_cache"] == "shared-buffer"
+            # ...and rotates the new query and key itself: the export's rotate_half (Neg) is gone.
+            attributes = {a.name: a.i for a in node.attribute if a.name in ("do_rotary", "rotary_interleaved")}
+            assert attributes == {"do_rotary": 1, "rotary_interleaved": 0}
+            assert list(node.input[7:9]) == ["kv/cos_cache", "kv/sin_cache"]
+        assert not any(node.op_type == "Neg" for node in model.graph.node)
+        assert record["kv_cache"] == "shared-buffer" and record["graph"] == "gqa-rotary"
 
 
 def test_a_failed_conversion_exits_non_zero_and_writes_nothing(tmp_path: Path):
@@ -145,6 +150,44 @@ def test_convert_true_converts_once_at_startup(tiny_model: Path, tmp_path: Path)
     assert directory == model / ".onnx-cache" / f"int8-{target}" and record["quantization"] == target
     again, second = resolve_onnx_model(str(model), "int8", OnnxRuntimeOptions(convert=True))
     assert again == directory and second["build_id"] == record["build_id"], "converted twice"
+    marker = json.loads((directory / artifacts.MARKER).read_text())
+    del marker["graph"]  # as a conversion from before the rotary moved into the attention wrote it
+    (directory / artifacts.MARKER).write_text(json.dumps(marker))
+    third, renewed = resolve_onnx_model(str(model), "int8", OnnxRuntimeOptions(convert=True))
+    assert third == directory and renewed["build_id"] != record["build_id"] and renewed["graph"] == "gqa-rotary"
+
+
+def _rotated(first: str = "neg", axis: int = -1):
+    """x * cos + rotate_half(x) * sin as the export writes it (first="plain": the halves swapped wrongly)."""
+    from onnx import helper
+
+    def constant(name: str, value: int):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name + "_v", 7, [1], [value]))
+
+    halves = ["x2_neg", "x1"] if first == "neg" else ["x1", "x2_neg"]
+    return [
+        constant("zero", 0), constant("half", 2), constant("end", 4), constant("last", 3), constant("one", 1),
+        helper.make_node("Unsqueeze", ["cos", "one"], ["cos_u"]),
+        helper.make_node("Unsqueeze", ["sin", "one"], ["sin_u"]),
+        helper.make_node("Slice", ["x", "zero", "half", "last"], ["x1"]),
+        helper.make_node("Slice", ["x", "half", "end", "last"], ["x2"]),
+        helper.make_node("Neg", ["x2"], ["x2_neg"]),
+        helper.make_node("Concat", halves, ["turned"], axis=axis),
+        helper.make_node("Mul", ["x", "cos_u"], ["direct"]),
+        helper.make_node("Mul", ["turned", "sin_u"], ["twisted"]),
+        helper.make_node("Add", ["twisted", "direct"], ["rotated"]),
+    ]
+
+
+def test_the_rotary_pattern_is_found_only_in_hugging_faces_form():
+    from serving_app.engines.onnxruntime import rotary
+
+    def found(nodes):
+        return rotary.find({out: node for node in nodes for out in node.output}, "rotated")
+
+    assert found(_rotated()) == rotary.RotaryInputs("x", "cos", "sin")
+    assert found(_rotated(first="plain")) is None  # rotate_half's halves in the other order: not this rotation
+    assert found(_rotated(axis=2)) is None  # halves along another axis
 
 
 def engine_args(model: Path, **overrides: Any):

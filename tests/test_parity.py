@@ -133,10 +133,10 @@ def test_onnxruntime_int8_answers_as_the_reference(model_dir: Path, reference: d
     _needs("onnxruntime")
     # Converted once by our conversion command (as an operator does), into the directory local mode serves too.
     from devtools.default_model import onnx_int8_dir
-    from serving_app import artifacts
+    from serving_app.engines.onnxruntime.model_dir import is_current_conversion
 
     converted = onnx_int8_dir(model_dir.parent)
-    if artifacts.inspect(converted, {"kind": "onnx"})[0] is None:
+    if not is_current_conversion(converted):
         subprocess.run([sys.executable, "-m", "serving_app.convert", "onnx", "--model", str(model_dir), "--out",
                         str(converted), "--force"], check=True, capture_output=True, timeout=1800)
     for engine in _started(model_name=str(converted), target_device="AMD", data_type="int8"):

@@ -5,7 +5,8 @@ copies the whole cache, and attends over a left-padded past. Here each layer's a
 mask, softmax, P.V) is replaced by ONNX Runtime's GroupQueryAttention, which writes the new key/value into a
 preallocated buffer that is both its past and its present input (`past_present_share_buffer`), and attends over
 each row's own length (`seqlens_k`, from the attention mask). The caller then keeps one buffer per layer, rows
-right-aligned at position 0, and binds it as past and present (`kv_cache.py`).
+right-aligned at position 0, and binds it as past and present (`kv_cache.py`). Where the export's rotary embedding
+has Hugging Face's form, GroupQueryAttention applies it too (`rotary.py`), and `position_ids` goes unused.
 
 Inputs and outputs keep their names; what changes is the contract: `attention_mask` is right-padded (row b has
 ones for its cached tokens plus the new ones, then zeros), `past_key_values.*` are the shared buffers (their time
@@ -18,7 +19,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from . import rotary
+
 KV_CACHE_LAYOUT = "shared-buffer"  # recorded in the artifact's marker; engines refuse other layouts
+# What the rewrite makes of the graph, also in the marker: a startup conversion cached under an older one is
+# made again (a directory converted by hand keeps serving; it has the same inputs and outputs).
+GRAPH_REWRITE = "gqa-rotary"
 
 
 class AttentionRewriteError(RuntimeError):
@@ -83,9 +89,11 @@ def _to_bsh(producers: dict[str, Any], new_nodes: list[Any], tensor: str, out: s
     return out
 
 
-def rewrite_attention(model: Any, num_heads: int) -> int:
-    """Rewrite `model` (an onnx.ModelProto, changed in place); returns the number of layers rewritten."""
-    from onnx import helper
+def rewrite_attention(model: Any, num_heads: int, max_positions: Optional[int] = None) -> int:
+    """Rewrite `model` (an onnx.ModelProto, changed in place); returns the number of layers rewritten. With
+    `max_positions` (the model's max_position_embeddings) the rotary embedding moves into the attention where the
+    graph's matches `rotary.py`'s pattern in every layer."""
+    from onnx import helper, numpy_helper
 
     graph = model.graph
     inputs = {i.name: i for i in graph.input}
@@ -138,6 +146,7 @@ def rewrite_attention(model: Any, num_heads: int) -> int:
         helper.make_node("Constant", [], ["kv/bsh"], value=helper.make_tensor("kv/bsh_v", 7, [3], [0, 0, -1])),
     ]
     removed: set[int] = set()
+    found: list[tuple[int, str, str, str, str, float]] = []  # layer, query, key, value, output, scale
     for layer in layers:
         past_k, past_v = f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
         present_k, present_v = f"present.{layer}.key", f"present.{layer}.value"
@@ -159,7 +168,6 @@ def rewrite_attention(model: Any, num_heads: int) -> int:
         reshaped = consumers.get(after[0].output[0], [])
         if len(reshaped) != 1 or reshaped[0].op_type != "Reshape":
             raise AttentionRewriteError(f"layer {layer}: attention output is not reshaped to [batch, seq, hidden]")
-        attention_output = reshaped[0].output[0]
         scale = query_scale * key_scale
         scaled = consumers.get(score.output[0], [])
         if scale == 1.0 and len(scaled) == 1 and scaled[0].op_type in ("Div", "Mul"):  # scores scaled after Q.K^T
@@ -167,17 +175,32 @@ def rewrite_attention(model: Any, num_heads: int) -> int:
             if factor is None:
                 raise AttentionRewriteError(f"layer {layer}: the attention scale is not a constant")
             scale = 1 / factor if scaled[0].op_type == "Div" else factor
-        prefix = f"kv/layer{layer}"
-        q, k, v = (_to_bsh(producers, new_nodes, tensor, f"{prefix}/{name}")
-                   for tensor, name in ((query, "q"), (concat_k.input[1], "k"), (concat_v.input[1], "v")))
-        new_nodes.append(helper.make_node(
-            "GroupQueryAttention",
-            [q, k, v, past_k, past_v, "kv/seqlens_k", "kv/total_sequence_length"],
-            [attention_output, present_k, present_v],
-            domain="com.microsoft", name=f"{prefix}/GroupQueryAttention",
-            num_heads=num_heads, kv_num_heads=kv_heads, scale=scale,
-        ))
+        found.append((layer, query, concat_k.input[1], concat_v.input[1], reshaped[0].output[0], scale))
         removed.update({id(concat_k), id(concat_v), id(reshaped[0])})
+
+    rotations = _rotary_inputs(model, producers, found, max_positions, head_dim)
+    if rotations is not None:
+        cos_cache, sin_cache = rotations.pop("tables")
+        graph.initializer.extend([numpy_helper.from_array(cos_cache, "kv/cos_cache"),
+                                  numpy_helper.from_array(sin_cache, "kv/sin_cache")])
+    for layer, query, key, value, attention_output, scale in found:
+        prefix = f"kv/layer{layer}"
+        if rotations is not None:  # GroupQueryAttention rotates them itself
+            query, key = rotations[query], rotations[key]
+        q, k, v = (_to_bsh(producers, new_nodes, tensor, f"{prefix}/{name}")
+                   for tensor, name in ((query, "q"), (key, "k"), (value, "v")))
+        inputs = [q, k, v, f"past_key_values.{layer}.key", f"past_key_values.{layer}.value", "kv/seqlens_k",
+                  "kv/total_sequence_length"]
+        rotation = {}
+        if rotations is not None:
+            inputs += ["kv/cos_cache", "kv/sin_cache"]
+            rotation = {"do_rotary": 1, "rotary_interleaved": 0}
+        new_nodes.append(helper.make_node(
+            "GroupQueryAttention", inputs,
+            [attention_output, f"present.{layer}.key", f"present.{layer}.value"],
+            domain="com.microsoft", name=f"{prefix}/GroupQueryAttention",
+            num_heads=num_heads, kv_num_heads=kv_heads, scale=scale, **rotation,
+        ))
 
     new_nodes += _keep_last_position_logits(graph, producers)
     kept = [node for node in graph.node if id(node) not in removed]
@@ -188,6 +211,24 @@ def rewrite_attention(model: Any, num_heads: int) -> int:
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(layers)
+
+
+def _rotary_inputs(model: Any, producers: dict[str, Any], found: list[tuple[int, str, str, str, str, float]],
+                   max_positions: Optional[int], head_dim: int) -> Optional[dict[str, Any]]:
+    """{rotated query/key: its unrotated tensor, "tables": (cos_cache, sin_cache)} when every layer's query and
+    key are rotated the same way with one cos/sin pair; None keeps the graph's own rotary."""
+    if not max_positions:
+        return None
+    matches = {tensor: rotary.find(producers, tensor) for _, query, key, _, _, _ in found for tensor in (query, key)}
+    if any(match is None for match in matches.values()):
+        return None
+    pairs = {(match.cos, match.sin) for match in matches.values()}
+    if len(pairs) != 1:
+        return None
+    tables = rotary.tables(model, *pairs.pop(), max_positions, head_dim)
+    if tables is None:
+        return None
+    return {"tables": tables, **{tensor: match.unrotated for tensor, match in matches.items()}}
 
 
 def _keep_last_position_logits(graph: Any, producers: dict[str, Any]) -> list[Any]:

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from ... import artifacts
 from ..options import QUANTIZATION_TARGETS
-from .attention_rewrite import KV_CACHE_LAYOUT, AttentionRewriteError, rewrite_attention
+from .attention_rewrite import GRAPH_REWRITE, KV_CACHE_LAYOUT, AttentionRewriteError, rewrite_attention
 
 ONNX_KIND = "onnx"
 
@@ -101,7 +101,7 @@ def _rewrite_attention(path: Path, model: str) -> None:
     try:
         config = json.loads((path.parent / "config.json").read_text())
         graph = onnx.load(str(path), load_external_data=False)  # weights beside the graph stay where they are
-        rewrite_attention(graph, int(config["num_attention_heads"]))
+        rewrite_attention(graph, int(config["num_attention_heads"]), config.get("max_position_embeddings"))
         onnx.save(graph, str(path))
     except (AttentionRewriteError, KeyError, ValueError, OSError) as error:
         raise ConversionError(f"rewriting {model}'s attention for an in-place KV cache failed: {error}") from error
@@ -169,6 +169,7 @@ def convert_onnx(model: str, out: Path, *, quantize: bool, quantization: str, ov
             "data_type": onnx_data_type(quantize),
             "quantization": quantization if quantize else None,
             "kv_cache": KV_CACHE_LAYOUT,
+            "graph": GRAPH_REWRITE,
             "versions": _versions(),
             **artifacts.source_fingerprint(model),
         }

@@ -14,7 +14,7 @@ from typing import Any
 
 from ... import artifacts
 from ..options import OnnxRuntimeOptions
-from .attention_rewrite import KV_CACHE_LAYOUT
+from .attention_rewrite import GRAPH_REWRITE, KV_CACHE_LAYOUT
 from .convert import ONNX_KIND, ConversionError, convert_command, convert_onnx, resolve_quantization
 
 logger = logging.getLogger("ray.serve")
@@ -22,6 +22,13 @@ logger = logging.getLogger("ray.serve")
 
 class OnnxModelError(ValueError):
     """The engine's model_name is not something it can serve; the message says what to do."""
+
+
+def is_current_conversion(directory: Path) -> bool:
+    """Whether `directory` is a complete conversion by this code's rewrite (a tool caching conversions reuses
+    only those; an older one still serves, without what the rewrite gained since)."""
+    expect = {"kind": ONNX_KIND, "kv_cache": KV_CACHE_LAYOUT, "graph": GRAPH_REWRITE}
+    return artifacts.inspect(Path(directory), expect)[0] is not None
 
 
 def resolve_onnx_model(model_name: str, data_type: str, options: OnnxRuntimeOptions) -> tuple[Path, dict[str, Any]]:
@@ -67,7 +74,7 @@ def resolve_onnx_model(model_name: str, data_type: str, options: OnnxRuntimeOpti
     quantization = resolve_quantization(options.quantization)  # this node's CPU: it serves what it converts
     final = artifacts.cache_location(model_name, "onnx", f"{data_type}-{quantization}" if quantize else data_type,
                                      options.onnx_cache_dir)
-    expect = {"kind": ONNX_KIND, "data_type": data_type, "kv_cache": KV_CACHE_LAYOUT,
+    expect = {"kind": ONNX_KIND, "data_type": data_type, "kv_cache": KV_CACHE_LAYOUT, "graph": GRAPH_REWRITE,
               **artifacts.source_fingerprint(model_name)}
     record, why = artifacts.inspect(final, expect)
     if record is not None:
