@@ -149,6 +149,11 @@ def weight_only_variant(fp32_dir: Path, out: Path) -> Path:
     return out
 
 
+def graph_file(conversion: Path) -> Path:
+    """The ONNX file of a `serving_app.convert` output, as its marker names it."""
+    return conversion / json.loads((conversion / "serving_app_artifact.json").read_text())["file_name"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="serving_app.convert output (KV cache in place)")
@@ -164,8 +169,8 @@ def main() -> None:
                         help="another in-place conversion (e.g. by an earlier commit), timed alternately with MODEL_DIR")
     parser.add_argument("--rounds", type=int, default=30, help="--against: alternating rounds of 10 steps")
     options = parser.parse_args()
-    file_name = json.loads((options.model / "serving_app_artifact.json").read_text())["file_name"]
-    graph = options.model / file_name
+    graph = graph_file(options.model)
+    file_name = graph.name
     with tempfile.TemporaryDirectory() as scratch:
         int8_graph = int8_cache_variant(graph, Path(scratch) / "int8-kv.onnx") if options.int8_kv else None
         weight_only = (weight_only_variant(options.weight_only, Path(scratch) / "weight-only.onnx")
@@ -181,10 +186,8 @@ def main() -> None:
                     row["in_place_kernel_ms_by_op"] = time_in_place(graph, batch, threads, options.cached,
                                                                     options.runs, True)["kernel_ms_by_op"]
                 if options.against:
-                    other = options.against / json.loads((options.against / "serving_app_artifact.json").read_text(
-                    ))["file_name"]
-                    row["side_by_side"] = time_side_by_side(graph, other, batch, threads, options.cached,
-                                                            options.rounds)
+                    row["side_by_side"] = time_side_by_side(graph, graph_file(options.against), batch, threads,
+                                                            options.cached, options.rounds)
                 if int8_graph:
                     row["in_place_int8_kv"] = time_in_place(int8_graph, batch, threads, options.cached, options.runs,
                                                             False)

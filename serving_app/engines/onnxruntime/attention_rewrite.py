@@ -178,9 +178,10 @@ def rewrite_attention(model: Any, num_heads: int, max_positions: Optional[int] =
         found.append((layer, query, concat_k.input[1], concat_v.input[1], reshaped[0].output[0], scale))
         removed.update({id(concat_k), id(concat_v), id(reshaped[0])})
 
-    rotations = _rotary_inputs(model, producers, found, max_positions, head_dim)
-    if rotations is not None:
-        cos_cache, sin_cache = rotations.pop("tables")
+    rotary_inputs = _rotary_inputs(model, producers, found, max_positions, head_dim)
+    rotations: Optional[dict[str, str]] = None
+    if rotary_inputs is not None:
+        (cos_cache, sin_cache), rotations = rotary_inputs
         graph.initializer.extend([numpy_helper.from_array(cos_cache, "kv/cos_cache"),
                                   numpy_helper.from_array(sin_cache, "kv/sin_cache")])
     for layer, query, key, value, attention_output, scale in found:
@@ -214,9 +215,9 @@ def rewrite_attention(model: Any, num_heads: int, max_positions: Optional[int] =
 
 
 def _rotary_inputs(model: Any, producers: dict[str, Any], found: list[tuple[int, str, str, str, str, float]],
-                   max_positions: Optional[int], head_dim: int) -> Optional[dict[str, Any]]:
-    """{rotated query/key: its unrotated tensor, "tables": (cos_cache, sin_cache)} when every layer's query and
-    key are rotated the same way with one cos/sin pair; None keeps the graph's own rotary."""
+                   max_positions: Optional[int], head_dim: int) -> Optional[tuple[tuple[Any, Any], dict[str, str]]]:
+    """((cos_cache, sin_cache), {rotated query/key: its unrotated tensor}) when every layer's query and key are
+    rotated the same way with one cos/sin pair; None keeps the graph's own rotary."""
     if not max_positions:
         return None
     matches = {tensor: rotary.find(producers, tensor) for _, query, key, _, _, _ in found for tensor in (query, key)}
@@ -228,7 +229,7 @@ def _rotary_inputs(model: Any, producers: dict[str, Any], found: list[tuple[int,
     tables = rotary.tables(model, *pairs.pop(), max_positions, head_dim)
     if tables is None:
         return None
-    return {"tables": tables, **{tensor: match.unrotated for tensor, match in matches.items()}}
+    return tables, {tensor: match.unrotated for tensor, match in matches.items()}
 
 
 def _keep_last_position_logits(graph: Any, producers: dict[str, Any]) -> list[Any]:

@@ -24,11 +24,14 @@ class OnnxModelError(ValueError):
     """The engine's model_name is not something it can serve; the message says what to do."""
 
 
+# What the marker of a conversion by this code says; tools caching conversions reuse only those (an older one
+# still serves, without what the rewrite gained since).
+CURRENT_CONVERSION = {"kind": ONNX_KIND, "kv_cache": KV_CACHE_LAYOUT, "graph": GRAPH_REWRITE}
+
+
 def is_current_conversion(directory: Path) -> bool:
-    """Whether `directory` is a complete conversion by this code's rewrite (a tool caching conversions reuses
-    only those; an older one still serves, without what the rewrite gained since)."""
-    expect = {"kind": ONNX_KIND, "kv_cache": KV_CACHE_LAYOUT, "graph": GRAPH_REWRITE}
-    return artifacts.inspect(Path(directory), expect)[0] is not None
+    """Whether `directory` is a complete conversion by this code's rewrite."""
+    return artifacts.inspect(Path(directory), CURRENT_CONVERSION)[0] is not None
 
 
 def resolve_onnx_model(model_name: str, data_type: str, options: OnnxRuntimeOptions) -> tuple[Path, dict[str, Any]]:
@@ -74,8 +77,7 @@ def resolve_onnx_model(model_name: str, data_type: str, options: OnnxRuntimeOpti
     quantization = resolve_quantization(options.quantization)  # this node's CPU: it serves what it converts
     final = artifacts.cache_location(model_name, "onnx", f"{data_type}-{quantization}" if quantize else data_type,
                                      options.onnx_cache_dir)
-    expect = {"kind": ONNX_KIND, "data_type": data_type, "kv_cache": KV_CACHE_LAYOUT, "graph": GRAPH_REWRITE,
-              **artifacts.source_fingerprint(model_name)}
+    expect = {**CURRENT_CONVERSION, "data_type": data_type, **artifacts.source_fingerprint(model_name)}
     record, why = artifacts.inspect(final, expect)
     if record is not None:
         logger.info("serving the ONNX conversion of %s cached at %s", model_name, final)

@@ -86,13 +86,13 @@ def tables(model: Any, cos: str, sin: str, positions: int, head_dim: int) -> Opt
     nodes, needed, seen = [], [cos, sin], set()
     while needed:  # the nodes between position_ids and cos/sin
         tensor = needed.pop()
-        if tensor in seen or tensor in initializers or tensor == "" or tensor == "position_ids":
+        if tensor in initializers or tensor in ("", "position_ids"):
             continue
-        seen.add(tensor)
         node = producers.get(tensor)
         if node is None:  # another graph input
             return None
-        if id(node) not in {id(n) for n in nodes}:
+        if id(node) not in seen:
+            seen.add(id(node))
             nodes.append(node)
             needed.extend(node.input)
     order = {id(node): index for index, node in enumerate(graph.node)}
