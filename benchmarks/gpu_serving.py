@@ -25,7 +25,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -91,12 +91,16 @@ def app_config(shape: str, model: Path, replicas: Optional[int], backend: Option
     return {**entry, "args": args}
 
 
-def behind_router(app: dict[str, Any], router_replicas: int = 1) -> dict[str, Any]:
-    """The same model as the only one behind the router of several models (one hop more: router -> its replica),
-    the router with `router_replicas` replicas of its own."""
+HOSTED = "hosted"
+
+
+def behind_router(app: dict[str, Any], router: Union[str, int] = HOSTED) -> dict[str, Any]:
+    """The same model as the only one behind the router of several models: `hosted`, the router's replicas run it
+    (as the default model by default); a count, the router is a deployment of that many replicas of its own (one hop
+    more: router -> the model's replica)."""
     args: dict[str, Any] = {"models": [app["args"]]}
-    if router_replicas != 1:
-        args["router"] = {"num_replicas": router_replicas}
+    if router != HOSTED:
+        args["router"] = {"hosts_default_model": False, **({"num_replicas": int(router)} if int(router) != 1 else {})}
     MultiModelArgs.model_validate(args)
     return application(app["name"], app["route_prefix"], args, app.get("runtime_env"),
                        import_path=MULTI_MODEL_IMPORT_PATH)
@@ -110,7 +114,7 @@ def frontend_args(app: dict[str, Any]) -> dict[str, Any]:
 def model_deployment(app: dict[str, Any]) -> str:
     """The name of the Serve deployment that holds the model's engine."""
     if app["import_path"] == MULTI_MODEL_IMPORT_PATH:
-        return MultiModelArgs.model_validate(app["args"]).deployment_names()[0]
+        return MultiModelArgs.model_validate(app["args"]).deployment_names()[0] or "Router"
     return "LLMServer"
 
 
@@ -414,9 +418,10 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--min-prompts", type=int, default=16, help="prompts per run: max(this, waves x concurrency)")
     parser.add_argument("--waves", type=int, default=2, help="prompts per run: max(min-prompts, this x concurrency)")
-    parser.add_argument("--router", type=int, nargs="?", const=1, metavar="REPLICAS",
+    parser.add_argument("--router", nargs="?", const=HOSTED, metavar="hosted|REPLICAS",
                         help="ours: the model behind the router of several models (serving_app:multi_model_app_builder)"
-                             ", the router with REPLICAS replicas (default 1)")
+                             ": hosted in the router's replicas (the default), or behind a router of REPLICAS replicas "
+                             "of its own")
     parser.add_argument("--profile", type=int, metavar="CONCURRENCY",
                         help="after the runs, one more load at this concurrency with py-spy on each frontend process")
     parser.add_argument("--profile-seconds", type=int, default=15)

@@ -40,7 +40,8 @@ _RAY_DEFAULTS = {"RAY_worker_niceness": "15", "RAY_SERVE_ENABLE_HA_PROXY": "0", 
 VARIANTS: dict[str, dict[str, str]] = {
     "bare": {},
     "ours": {},
-    "ours-router": {},  # serving_app:multi_model_app_builder with this one model
+    "ours-router": {},  # serving_app:multi_model_app_builder with this one model, hosted in the router's replicas
+    "ours-router-hop": {},  # ... behind a router deployment of its own (one hop more: router -> model's replica)
     "ours-nostats": {},  # vLLM's statistics off (engine_kwargs disable_log_stats): what the serving metrics cost
     "ours-ray-defaults": _RAY_DEFAULTS,
     # Ray starts every worker process (Serve replica, proxy, and so the vLLM processes the replica spawns) at
@@ -156,9 +157,10 @@ def main() -> None:
             }
             if variant == "ours-nostats":
                 args["engine_kwargs"] = {**args["engine_kwargs"], "disable_log_stats": True}
-            # The same model behind the router of several models (one hop more: router -> model's replica).
-            app = (application("bench", "/bench", {"models": [args]}, import_path=MULTI_MODEL_IMPORT_PATH)
-                   if variant == "ours-router" else application("bench", "/bench", args))
+            # The same model behind the router of several models.
+            router = {"router": {"hosts_default_model": False}} if variant == "ours-router-hop" else {}
+            app = (application("bench", "/bench", {"models": [args], **router}, import_path=MULTI_MODEL_IMPORT_PATH)
+                   if variant.startswith("ours-router") else application("bench", "/bench", args))
             servers.append(OurServe(app, MAIN_PYTHON, label=variant, env=VARIANTS[variant]))
     runs: list[dict] = []
     meta = {

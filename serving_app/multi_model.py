@@ -24,8 +24,10 @@ from .access_log import CLIENT_CLOSED, LEGACY_ROUTE, OPENAI_ROUTE, AccessLogger,
 from .api import OpenAIAPI
 from .errors import ANSWERED_ERRORS, APIError, as_api_error
 from .autoscaling import AutoscalingConfig, replica_range
+from .hosted_autoscaling import POLICY
 from .limits import Admission
 from .lora import ModelCatalog
+from .placement import deployment_options
 from .protocol import ModelCard, ModelList
 from .serve_args import ServeArgs, describe_validation_error
 from .sse import SSE_DONE
@@ -36,10 +38,17 @@ ROUTES = {COMPLETIONS: OPENAI_ROUTE, CHAT: OPENAI_ROUTE, LEGACY: LEGACY_ROUTE}  
 
 
 class RouterOptions(BaseModel):
-    """The router deployment's own replicas; it holds no model, so by default it reserves no CPU."""
+    """Where the router runs: in the default model's replicas (the default), or as a deployment of its own, which
+    holds no model and by default reserves no CPU."""
 
     model_config = ConfigDict(extra="forbid")
 
+    hosts_default_model: bool = Field(
+        default=True, description="The router runs in the default model's replicas: that model's requests take no "
+                                  "hop to another process (the other models' take one), and the router has that "
+                                  "model's replicas, resources and autoscaling. False: the router is a deployment "
+                                  "of its own (num_replicas, autoscaling_config, num_cpus), and every model's "
+                                  "requests take the hop; needed where the default model scales to zero.")
     num_replicas: Optional[int] = Field(default=None, ge=1, le=1024, description="Default 1.")
     autoscaling_config: Optional[AutoscalingConfig] = None
     num_cpus: float = Field(default=0, ge=0)
@@ -81,11 +90,35 @@ class MultiModelArgs(BaseModel):
         elif self.default_model not in names:
             raise ValueError(f"default_model: {self.default_model!r} is not a served_model_name of models "
                              f"({', '.join(map(repr, names))})")
+        if self.router.hosts_default_model:
+            self._check_hosting(names.index(self.default_model))
         return self
 
-    def deployment_names(self) -> list[str]:
-        """One Serve deployment name per model (Serve's names take no '/', which hub ids have)."""
-        return [f"Model-{index}-{re.sub(r'[^A-Za-z0-9_.-]+', '--', args.served_model_name)}"
+    def _check_hosting(self, index: int) -> None:
+        router = self.router
+        own = [name for name, value in (("num_replicas", router.num_replicas), ("num_cpus", router.num_cpus or None),
+                                        ("autoscaling_config", router.autoscaling_config)) if value is not None]
+        if own:
+            raise ValueError(f"router.{own[0]}: the router hosts the default model {self.default_model!r}, so its "
+                             f"replicas and resources are that model's (models[{index}]); set "
+                             "router.hosts_default_model: false to give the router a deployment of its own")
+        if self.models[index].replica_range[0] == 0:
+            raise ValueError(f"router.hosts_default_model: the default model {self.default_model!r} may scale to "
+                             f"zero (models[{index}].autoscaling_config.min_replicas: 0), but the router it would "
+                             "run in must always run: set router.hosts_default_model: false, or min_replicas >= 1")
+
+    @property
+    def hosted(self) -> Optional[int]:
+        """Index of the model that runs in the router's own replicas (None: every model has its own deployment)."""
+        if not self.router.hosts_default_model:
+            return None
+        return [args.served_model_name for args in self.models].index(self.default_model)
+
+    def deployment_names(self) -> list[Optional[str]]:
+        """The Serve deployment name of each model (Serve's names take no '/', which hub ids have); None for the
+        model the router hosts."""
+        return [None if index == self.hosted else
+                f"Model-{index}-{re.sub(r'[^A-Za-z0-9_.-]+', '--', args.served_model_name)}"
                 for index, args in enumerate(self.models)]
 
     def most_admitted(self) -> int:
@@ -254,10 +287,16 @@ def expect_answer(item: Any) -> Any:
 
 def router_deployment_options(args: MultiModelArgs) -> dict[str, Any]:
     """Serve's options of the router: it passes on what every model's replicas can admit together, twice over like
-    a model's own (serving_app.placement.serve_admission_options), so shedding stays the replicas' to answer."""
-    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": args.router.num_cpus},
-                               "max_ongoing_requests": 2 * args.most_admitted(),
-                               "max_queued_requests": args.most_admitted()}
+    a model's own (serving_app.placement.serve_admission_options), so shedding stays the replicas' to answer. A
+    router that hosts the default model has that model's shape, count and autoscaling, the last on the hosted
+    model's own requests (serving_app.hosted_autoscaling)."""
+    admission = {"max_ongoing_requests": 2 * args.most_admitted(), "max_queued_requests": args.most_admitted()}
+    if args.hosted is not None:
+        options = {**deployment_options(args.models[args.hosted]), **admission}
+        if "autoscaling_config" in options:
+            options["autoscaling_config"] = {**options["autoscaling_config"], "policy": {"policy_function": POLICY}}
+        return options
+    options = {"ray_actor_options": {"num_cpus": args.router.num_cpus}, **admission}
     if args.router.autoscaling_config is not None:
         options["autoscaling_config"] = args.router.autoscaling_config.serve_options(args.most_admitted())
     else:

@@ -71,7 +71,8 @@ def test_behind_the_router_the_model_keeps_its_args_and_bare_its_flags(shapes):
     assert routed["import_path"] == "serving_app:multi_model_app_builder"
     assert (routed["name"], routed["route_prefix"]) == (app["name"], app["route_prefix"])
     assert gpu_serving.frontend_args(routed) == app["args"]
-    assert gpu_serving.model_deployment(routed).startswith("Model-0-")
+    assert gpu_serving.model_deployment(routed) == "Router"  # hosted: the router's replicas run the engine
+    assert gpu_serving.model_deployment(gpu_serving.behind_router(app, 1)).startswith("Model-0-")
     assert gpu_serving.model_deployment(app) == "LLMServer"
     # What Serve would build from it validates as the router's args.
     from serving_app.multi_model import parse_multi_model_args
@@ -80,6 +81,7 @@ def test_behind_the_router_the_model_keeps_its_args_and_bare_its_flags(shapes):
         return server.command[server.command.index("--disable-log-stats"):]
     assert flags(gpu_serving.bare_server(routed, shapes["7b"])) == flags(gpu_serving.bare_server(app, shapes["7b"]))
     # A router of its own replicas: the same model behind it.
-    two = parse_multi_model_args(gpu_serving.behind_router(app, router_replicas=2)["args"])
+    two = parse_multi_model_args(gpu_serving.behind_router(app, "2")["args"])
     assert (two.router.replica_range, two.models[0].served_model_name) == ((2, 2), app["args"]["served_model_name"])
-    assert "router" not in routed["args"]
+    assert two.hosted is None
+    assert "router" not in routed["args"] and parse_multi_model_args(routed["args"]).hosted == 0

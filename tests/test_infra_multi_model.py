@@ -63,6 +63,16 @@ def test_an_application_is_one_kind_and_its_models_are_checked(edit, message):
     assert message in config_error("cpu", change)
 
 
+def test_a_hosting_router_given_replicas_of_its_own_fails_at_preview():
+    def edit(values: dict[str, Any]) -> None:
+        two_intel_models(values)
+        values["serve"]["applications"][0]["multiModel"]["router"] = {"num_replicas": 2}
+
+    message = config_error("cpu", edit)
+    assert "multiModel.router.num_replicas: the router hosts the default model 'llama-2-7b-chat'" in message
+    assert "set router.hosts_default_model: false" in message
+
+
 def test_a_model_that_fits_no_node_is_named_by_its_place_in_the_file():
     problems = problems_of("cpu", lambda values: two_intel_models(values, num_cpus=500))
     assert "serve.applications[0] (llama2-cpu-intel).multiModel.models[1]: one replica needs" in problems

@@ -4,8 +4,12 @@ model's replica answers a routed request (serving_app.multi_model, with the in-m
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import re
 from contextlib import aclosing
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import pytest
@@ -14,6 +18,7 @@ from pydantic import BaseModel
 from serving_app.access_log import RECORD, AccessLog, AccessLogger
 from serving_app.api import OpenAIAPI
 from serving_app.errors import APIError
+from serving_app.hosted_autoscaling import HOSTED_REQUESTS, POLICY, scale_on_hosted_requests
 from serving_app.limits import Admission
 from serving_app.metrics import REQUESTS, MetricLabels, Recorder
 from serving_app.multi_model import (
@@ -21,6 +26,7 @@ from serving_app.multi_model import (
     parse_multi_model_args, peek, router_deployment_options,
 )
 from serving_app.sse import SSE_DONE
+from serving_app.placement import deployment_options
 from serving_app.serve_args import ServeArgs
 from tests.fake_engine import FakeEngine
 from tests.fake_metrics import FakeSink
@@ -49,8 +55,18 @@ def two_models(**extra: Any) -> MultiModelArgs:
      "args.models.1.served_model_name: 'b' is also served by models[0]"),
     ({"models": [model("a")], "default_model": "z"}, "args.default_model: 'z' is not a served_model_name of models ('a')"),
     ({"models": [model("a", num_cpus=0)]}, "args.models[0].num_cpus: Input should be greater than 0"),
-    ({"models": [model("a")], "router": {"num_replicas": 2, "autoscaling_config": {"max_replicas": 2}}},
+    ({"models": [model("a")], "router": {"hosts_default_model": False, "num_replicas": 2,
+                                         "autoscaling_config": {"max_replicas": 2}}},
      "args.router.num_replicas: give num_replicas (a fixed count) or autoscaling_config, not both"),
+    ({"models": [model("a")], "router": {"num_replicas": 2}},
+     "args.router.num_replicas: the router hosts the default model 'a', so its replicas and resources are that "
+     "model's (models[0]); set router.hosts_default_model: false to give the router a deployment of its own"),
+    ({"models": [model("a"), model("b")], "default_model": "b", "router": {"num_cpus": 2}},
+     "args.router.num_cpus: the router hosts the default model 'b', so its replicas and resources are that "
+     "model's (models[1])"),
+    ({"models": [model("a", autoscaling_config={"min_replicas": 0, "max_replicas": 2})]},
+     "args.router.hosts_default_model: the default model 'a' may scale to zero "
+     "(models[0].autoscaling_config.min_replicas: 0), but the router it would run in must always run"),
 ])
 def test_bad_arguments_name_the_field(raw, message):
     with pytest.raises(ValueError) as error:
@@ -59,19 +75,68 @@ def test_bad_arguments_name_the_field(raw, message):
 
 
 def test_first_model_is_the_default_and_names_are_serve_safe():
-    args = two_models()
+    args = two_models(router={"hosts_default_model": False})
     assert args.default_model == "org/a"
+    assert args.hosted is None
     assert args.deployment_names() == ["Model-0-org--a", "Model-1-b"]
 
 
+def test_the_router_hosts_the_default_model_by_default():
+    args = two_models(default_model="b")
+    assert args.hosted == 1
+    assert args.deployment_names() == ["Model-0-org--a", None]  # no deployment of its own
+    # What the builder passes the router validates again (every field given).
+    assert MultiModelArgs.model_validate(args.model_dump(mode="json")) == args
+
+
 def test_router_passes_on_what_every_replica_can_admit():
-    args = parse_multi_model_args({"models": [
+    args = parse_multi_model_args({"router": {"hosts_default_model": False}, "models": [
         model("a", max_ongoing_requests=8, autoscaling_config={"max_replicas": 3}), model("b", max_ongoing_requests=4)]})
     # (8 + 4 queued) x 3 replicas + (4 + 2) x 1
     assert args.most_admitted() == 42
     options = router_deployment_options(args)
     assert (options["max_ongoing_requests"], options["max_queued_requests"], options["num_replicas"]) == (84, 42, 1)
     assert options["ray_actor_options"] == {"num_cpus": 0}
+
+
+def test_a_hosting_router_has_the_default_models_shape_and_scales_on_its_requests():
+    default = model("a", max_ongoing_requests=8, num_cpus=3, resources={"cpu_avx512": 1},
+                    autoscaling_config={"min_replicas": 1, "max_replicas": 3, "upscale_delay_s": 5})
+    args = parse_multi_model_args({"models": [default, model("b", max_ongoing_requests=4)]})
+    options = router_deployment_options(args)
+    own = deployment_options(ServeArgs.model_validate(default))
+    assert options["ray_actor_options"] == own["ray_actor_options"] == {"num_cpus": 3, "resources": {"cpu_avx512": 1}}
+    assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (84, 42)  # every model's, as above
+    assert options["autoscaling_config"] == {**own["autoscaling_config"], "policy": {"policy_function": POLICY}}
+    assert options["autoscaling_config"]["target_ongoing_requests"] == 4  # the model's own target
+    assert "num_replicas" not in options
+
+
+def test_a_hosting_router_of_a_fixed_count_keeps_that_count():
+    args = parse_multi_model_args({"models": [model("a", num_replicas=2), model("b")]})
+    options = router_deployment_options(args)
+    assert options["num_replicas"] == 2 and "autoscaling_config" not in options
+
+
+def policy_context(current: int, hosted: dict[str, float], target: float = 4, all_requests: float = 100) -> Any:
+    config = SimpleNamespace(get_target_ongoing_requests=lambda: target)
+    return SimpleNamespace(current_num_replicas=current, target_num_replicas=current, total_num_requests=all_requests,
+                           aggregated_metrics={HOSTED_REQUESTS: hosted}, config=config)
+
+
+def test_the_hosting_policy_counts_the_hosted_models_requests_alone():
+    # 100 requests pass through the router's two replicas, 6 of them its own model's: 6 / 4 per replica.
+    assert scale_on_hosted_requests(policy_context(2, {"r1": 4, "r2": 2})) == (1.5, {})
+    assert scale_on_hosted_requests(policy_context(2, {"r1": 20, "r2": 12})) == (8.0, {})
+    assert scale_on_hosted_requests(policy_context(1, {})) == (0.0, {})  # not reported yet: Serve's bounds apply
+
+
+def test_the_hosting_policy_is_importable_by_its_path_and_imports_nothing_of_ours():
+    module, name = POLICY.split(":")
+    assert getattr(importlib.import_module(module), name) is scale_on_hosted_requests
+    # Serve's controller unpickles the policy by value: no serving_app module may be referenced from it.
+    source = Path(importlib.import_module(module).__file__).read_text()
+    assert not re.search(r"^\s*(from|import)\s+(serving_app|\.)", source, re.MULTILINE)
 
 
 # ---- choosing the model --------------------------------------------------------------------------------------------

@@ -71,7 +71,9 @@ for run in "${runs[@]}"; do
     70b-fp8-ours) bench "$run" "H200 70B fp8" ours "${big[@]}" "${one_gpu[@]}" "${fp8[@]}" ;;
     7b-bf16-bare) bench "$run" "H200 7B bf16" bare "${small[@]}" "${one_gpu[@]}" "${bf16[@]}" ;;
     7b-bf16-ours) bench "$run" "H200 7B bf16" ours "${small[@]}" "${one_gpu[@]}" "${bf16[@]}" ;;
-    7b-bf16-router) bench "$run" "H200 7B bf16" ours --router "${small[@]}" "${one_gpu[@]}" "${bf16[@]}" ;;
+    # The router hosting the model (the default), and the router as a deployment of its own (one hop more).
+    7b-bf16-router-hosted) bench "$run" "H200 7B bf16" ours --router hosted "${small[@]}" "${one_gpu[@]}" "${bf16[@]}" ;;
+    7b-bf16-router) bench "$run" "H200 7B bf16" ours --router 1 "${small[@]}" "${one_gpu[@]}" "${bf16[@]}" ;;
     7b-bf16-router2) bench "$run" "H200 7B bf16" ours --router 2 "${small[@]}" "${one_gpu[@]}" "${bf16[@]}" ;;
     7b-fp8-bare) bench "$run" "H200 7B fp8" bare "${small[@]}" "${one_gpu[@]}" "${fp8[@]}" ;;
     7b-fp8-ours) bench "$run" "H200 7B fp8" ours "${small[@]}" "${one_gpu[@]}" "${fp8[@]}" ;;
