@@ -1,9 +1,11 @@
 """Several models behind one base URL, free of Ray: the builder's arguments (`MultiModelArgs`), how the router picks
 a model for a request, and what passes between the router and a model's replica.
 
-Each model is its own deployment (serving_app.router.ModelServer: its own engine, resources and autoscaling); the router
-(serving_app.router) is the application's HTTP ingress. It reads a request's `model`, forwards the raw body to that
-model's deployment (DeploymentHandle, streamed), and answers `GET /v1/models` with every model and LoRA adapter.
+Each model has its own engine, resources and autoscaling: its own deployment (serving_app.router.ModelServer), or,
+for the default model by default (`router.hosts_default_model`), the router's replicas themselves. The router
+(serving_app.router) is the application's HTTP ingress. It reads a request's `model`, passes the raw body to that
+model (in its own process, or through a streamed DeploymentHandle: the same `forwarded_answer` either way), and
+answers `GET /v1/models` with every model and LoRA adapter.
 The legacy chatbot API (`POST /`), which names no model, goes to `default_model`. API keys and the body-size limit
 apply at the router; admission (the bounded queue) and the request's deadline at the model's replica, as on a
 single-model route.
