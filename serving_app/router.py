@@ -86,6 +86,12 @@ class _Model:
         return forwarded_answer(self.replica.api, self.replica.admission, endpoint, raw, deadline_unix, self.log,
                                 path)
 
+    async def check_health(self) -> None:
+        await self.replica.engine.check_health()
+
+    async def shutdown(self) -> None:
+        await self.replica.engine.shutdown()
+
 
 @serve.deployment(health_check_period_s=10, health_check_timeout_s=30, graceful_shutdown_timeout_s=30)
 class ModelServer:
@@ -95,7 +101,7 @@ class ModelServer:
         self.model = await _Model.start(raw_args)
 
     async def check_health(self) -> None:
-        await self.model.replica.engine.check_health()
+        await self.model.check_health()
 
     async def forward(self, endpoint: str, raw: bytes, deadline_unix: Optional[float],
                       path: Optional[str] = None) -> AsyncIterator[Forwarded]:
@@ -105,7 +111,7 @@ class ModelServer:
     async def __del__(self):
         model = getattr(self, "model", None)  # absent when __init__ failed
         if model is not None:
-            await model.replica.engine.shutdown()
+            await model.shutdown()
 
 
 @serve.deployment(name="Router", health_check_period_s=10, health_check_timeout_s=30, graceful_shutdown_timeout_s=30)
@@ -135,7 +141,7 @@ class Router:
 
     async def check_health(self) -> None:
         if self.model is not None:
-            await self.model.replica.engine.check_health()
+            await self.model.check_health()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """What Serve scales a hosting router on (serving_app.hosted_autoscaling): its model's own requests."""
@@ -202,11 +208,10 @@ class Router:
         """The legacy chatbot API, served by the default model."""
         return await self._forward(request, LEGACY)
 
-
     async def __del__(self):
         model = getattr(self, "model", None)  # absent when __init__ failed or no model is hosted
         if model is not None:
-            await model.replica.engine.shutdown()
+            await model.shutdown()
 
 
 def multi_model_app_builder(raw_args: dict[str, Any]) -> Application:
