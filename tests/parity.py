@@ -92,6 +92,26 @@ def batch_model_perplexity(model: Any, ids: Sequence[int]) -> float:
     return math.exp(total / (len(ids) - 1))
 
 
+def vllm_teacher_forced(engine: "InProcessEngine", ids: Sequence[int]) -> list[tuple[int, float, float]]:
+    """Teacher forcing through a started vLLM engine (the served model and its configuration): for each of ids[1:],
+    (the token the engine ranks first there, its log-probability, the log-probability the engine gives that id)."""
+    from vllm import SamplingParams, TokensPrompt
+
+    async def scored() -> Any:
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1)
+        final = None
+        async for output in engine.engine._engine.generate(TokensPrompt(prompt_token_ids=list(ids)), params,
+                                                           f"teacher-forced-{id(ids)}"):
+            final = output
+        return final.prompt_logprobs
+
+    scores = []
+    for position, ranked in enumerate(engine.loop.run_until_complete(scored())[1:], start=1):
+        top_id, top = min(ranked.items(), key=lambda item: (item[1].rank, item[0] == ids[position]))
+        scores.append((top_id, top.logprob, ranked[ids[position]].logprob))
+    return scores
+
+
 def first_divergence(tokenizer: Any, reference_ids: Sequence[int], reference_text: str, text: str) -> Optional[int]:
     """The reference's generated token at which `text` parts from the reference's answer, None when they are the
     same. Found on the text, not by encoding `text` again: a byte-level BPE may encode a generated text into other
