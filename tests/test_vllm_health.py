@@ -8,17 +8,35 @@ import time
 import pytest
 
 from devtools.serve_rest import http_json
-from tests.replicas import engine_cores, replica_pid, running_replicas
+from tests.replicas import engine_cores, running_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vllm]
+
+
+def _serving_engine(server, base_url: str, timeout: float = 300) -> list[int]:
+    """This app's one EngineCore, once the app serves from one replica with a live engine. An earlier test on this
+    head may have left it otherwise (a replica Serve still counts as running while its engine is gone, until its
+    health check fails): start from a replica that serves, whatever came before."""
+    deadline = time.monotonic() + timeout
+    while True:
+        replicas = running_replicas(server, "llm")
+        cores = [pid for replica in replicas for pid in engine_cores(replica)]
+        try:
+            status, _ = http_json("GET", f"{base_url}/health", timeout=5)
+        except OSError:
+            status = None
+        if len(replicas) == 1 and len(cores) == 1 and status == 200:
+            return cores
+        if time.monotonic() > deadline:
+            pytest.fail(f"no serving replica with one vLLM EngineCore: replicas {replicas}, engine cores {cores}, "
+                        f"health {status}")
+        time.sleep(1)
 
 
 def test_killed_engine_is_reported_dead_and_the_replica_is_replaced(engine, server, base_url):
     if engine != "vllm":
         pytest.skip("kills vLLM's EngineCore process")
-    # This app's own engine: other tests' apps on the same head may still be going down.
-    cores = engine_cores(replica_pid(server, "llm"))
-    assert len(cores) == 1, f"expected one vLLM EngineCore process, found {cores}"
+    cores = _serving_engine(server, base_url)
     os.kill(cores[0], signal.SIGKILL)
 
     deadline = time.monotonic() + 60
