@@ -158,9 +158,10 @@ def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str
 
 def run_load(server: Server, served_name: str, tokenizer: Path, input_len: int, output_len: int,
              concurrency: int, num_prompts: int, seed: int = 0, warmups: Optional[int] = None,
-             extra: Optional[list[str]] = None) -> dict[str, Any]:
-    """One `vllm bench serve` run (random prompts of fixed length, fixed output length, ignore_eos, streaming
-    /v1/completions) plus what it lacks: CPU seconds per process role, machine load, a token-count check."""
+             extra: Optional[list[str]] = None, dataset: Optional[list[str]] = None) -> dict[str, Any]:
+    """One `vllm bench serve` run (random prompts of fixed length unless `dataset` names other prompts, fixed output
+    length, ignore_eos, streaming /v1/completions) plus what it lacks: CPU seconds per process role, machine load,
+    a token-count check."""
     from vllm.benchmarks.serve import add_cli_args, main
 
     try:
@@ -172,8 +173,9 @@ def run_load(server: Server, served_name: str, tokenizer: Path, input_len: int, 
     argv = [
         "--backend", "openai", "--endpoint", "/v1/completions", "--base-url", server.base_url,
         "--model", served_name, "--tokenizer", str(tokenizer),
-        "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len", str(output_len),
-        "--random-range-ratio", "0", "--ignore-eos", "--temperature", "0",
+        *(dataset or ["--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len",
+                      str(output_len), "--random-range-ratio", "0"]),
+        "--ignore-eos", "--temperature", "0",
         "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency),
         "--num-warmups", str(concurrency if warmups is None else warmups),
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,95,99",

@@ -228,7 +228,7 @@ def main() -> None:
             "model": str(model_dir), "prompt_tokens": PROMPT_TOKENS, "read_bandwidth_gbs": bandwidth}
     runs: list[dict] = []
     name_out = f"yardstick-{options.tag}.json"
-    extra = ["--dataset-name", "custom", "--dataset-path", str(prompts), "--custom-output-len",
+    dataset = ["--dataset-name", "custom", "--dataset-path", str(prompts), "--custom-output-len",
              str(options.output_len), "--skip-chat-template"]
     for name in names:
         server = make_server(name, model_dir, options)
@@ -240,7 +240,7 @@ def main() -> None:
             for rep in range(options.reps):
                 for conc in (1, 8):
                     result = run_load(server, SERVED, model_dir, PROMPT_TOKENS, options.output_len, conc,
-                                      max(8, 2 * conc), seed=rep, warmups=conc, extra=extra)
+                                      max(8, 2 * conc), seed=rep, warmups=conc, dataset=dataset)
                     result.update(rep=rep)
                     runs.append(result)
                     print(f"[bench] {name} rep {rep} c={conc}: {result['output_throughput']:.1f} tok/s, TTFT p50 "
